@@ -1,0 +1,104 @@
+"""``glimpse``: the device's command line.
+
+    glimpse search QUERY --bundle DIR [-k 5] [--json]
+    glimpse serve --bundle DIR [--host 127.0.0.1] [--port 8080]
+    glimpse verify --bundle DIR
+    glimpse selftest [--model DIR]
+
+Errors print ``glimpse: error: ...`` and exit 2; ``--debug`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from device.errors import GlimpseError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="glimpse", description="Offline text-to-image photo search.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    search = commands.add_parser("search", help="search a bundle by text and print the best photos")
+    search.add_argument("query", help="what you are looking for, e.g. 'a cup of coffee'")
+    search.add_argument("--bundle", required=True, type=Path, help="bundle directory")
+    search.add_argument("-k", type=int, default=5, help="how many results (default 5)")
+    search.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
+
+    serve = commands.add_parser("serve", help="serve the web UI and JSON API")
+    serve.add_argument("--bundle", required=True, type=Path, help="bundle directory")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    serve.add_argument("--threads", type=int, default=4, help="request threads (default 4)")
+
+    verify = commands.add_parser("verify", help="check every file of a bundle against its manifest")
+    verify.add_argument("--bundle", required=True, type=Path, help="bundle directory")
+
+    selftest = commands.add_parser(
+        "selftest", help="run both towers on the model's reference inputs and compare with PyTorch")
+    selftest.add_argument("--model", type=Path, help="model directory (default: the committed default model)")
+    selftest.add_argument("--min-cosine", type=float, default=0.99, help="fail below this cosine (default 0.99)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``glimpse``; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except GlimpseError as exc:
+        if args.debug:
+            raise
+        print(f"glimpse: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _search(args) -> int:
+    from device.search import Searcher
+
+    with Searcher.from_bundle(args.bundle) as searcher:
+        results = searcher.search(args.query, k=args.k)
+    if args.json:
+        print(json.dumps([r.to_json() for r in results], indent=1, ensure_ascii=False))
+    else:
+        for r in results:
+            print(f"{r.rank:>3}  {r.score:6.3f}  {r.item.path}")
+    return 0
+
+
+def _serve(args) -> int:
+    from device.web.server import serve
+
+    serve(args.bundle, host=args.host, port=args.port, threads=args.threads)
+    return 0
+
+
+def _verify(args) -> int:
+    from device.bundle import Bundle
+
+    bundle = Bundle.open(args.bundle, verify="full")
+    print(f"{bundle.path}: bundle {bundle.id} is intact: {len(bundle)} photos, "
+          f"model {bundle.spec.full_id}, {len(bundle.manifest['files'])} files checked")
+    return 0
+
+
+def _selftest(args) -> int:
+    from device.selftest import run_selftest
+
+    figures = run_selftest(args.model)
+    for name, value in figures.items():
+        print(f"{name}: min cosine {value:.6f}")
+    worst = min(figures.values())
+    if worst < args.min_cosine:
+        print(f"glimpse: error: parity {worst:.6f} is below {args.min_cosine}", file=sys.stderr)
+        return 1
+    return 0
+
+
+_COMMANDS = {"search": _search, "serve": _serve, "verify": _verify, "selftest": _selftest}

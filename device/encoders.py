@@ -1,0 +1,196 @@
+"""The two towers of the dual encoder, run with LiteRT.
+
+Shaped like MediaPipe Tasks: an options dataclass, ``create_from_options``
+that validates up front, ``close()`` and context-manager support. Both towers
+return L2-normalised float32 vectors in the same space, so a dot product is the
+cosine similarity.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from device import images
+from device.errors import ModelInvalid, QueryInvalid
+from device.model import ModelSpec, read_spec
+from device.runtime import load_interpreter
+
+
+@dataclasses.dataclass
+class EncoderOptions:
+    """Options shared by both towers.
+
+    Attributes:
+        model_dir: a model directory (``model.json`` and its files).
+        num_threads: interpreter threads; 1 keeps a Pi responsive while serving.
+        verify: check the sha256 of every model file before loading.
+    """
+
+    model_dir: Path
+    num_threads: int = 1
+    verify: bool = True
+
+
+class _Tower:
+    """What both towers share: spec, interpreter, lock, close."""
+
+    def __init__(self, spec: ModelSpec, interpreter):
+        self.spec = spec
+        self._interpreter = interpreter
+        # One interpreter is not safe to invoke from two threads at once.
+        self._lock = threading.Lock()
+        self._inputs = interpreter.get_input_details()
+        self._output = interpreter.get_output_details()[0]
+        if int(self._output["shape"][-1]) != spec.dim:
+            raise ModelInvalid(
+                f"{spec.id}: tower outputs {int(self._output['shape'][-1])} dimensions, "
+                f"model.json says {spec.dim}"
+            )
+
+    @property
+    def dim(self) -> int:
+        """Embedding dimension."""
+        return self.spec.dim
+
+    def _run(self, *arrays: np.ndarray) -> np.ndarray:
+        if self._interpreter is None:
+            raise ValueError("encoder is closed")
+        with self._lock:
+            for detail, array in zip(self._inputs, arrays):
+                self._interpreter.set_tensor(detail["index"], array)
+            self._interpreter.invoke()
+            out = self._interpreter.get_tensor(self._output["index"])[0].astype(np.float32)
+        # The graph normalises already; renormalising guards against int8 drift.
+        norm = float(np.linalg.norm(out))
+        return out / norm if norm > 0 else out
+
+    def close(self) -> None:
+        """Release the interpreter. Further calls raise ``ValueError``."""
+        self._interpreter = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+class TextEncoder(_Tower):
+    """Encodes a query into the shared embedding space.
+
+    Use :meth:`create_from_options` or :meth:`create_from_model_dir`.
+    """
+
+    def __init__(self, spec: ModelSpec, interpreter, tokenizer):
+        super().__init__(spec, interpreter)
+        self._tokenizer = tokenizer
+        shapes = [tuple(d["shape"]) for d in self._inputs]
+        if len(shapes) != 2 or any(s != (1, spec.text.max_tokens) for s in shapes):
+            raise ModelInvalid(
+                f"{spec.id}: text tower inputs {shapes} do not match "
+                f"2 x (1, {spec.text.max_tokens})"
+            )
+        # Input order in the graph follows the converter's names (args_0, args_1).
+        self._inputs = sorted(self._inputs, key=lambda d: d["name"])
+
+    @classmethod
+    def create_from_options(cls, options: EncoderOptions) -> "TextEncoder":
+        """Load the text tower and tokenizer named by ``options.model_dir``.
+
+        Raises:
+            ModelInvalid: bad model directory, altered file, or a tower whose
+                shapes do not match ``model.json``.
+        """
+        from tokenizers import Tokenizer  # heavy-ish import, only when a tower loads
+
+        model_dir = Path(options.model_dir)
+        spec = read_spec(model_dir, verify=options.verify)
+        try:
+            tokenizer = Tokenizer.from_file(str(model_dir / spec.text.tokenizer))
+        except Exception as exc:  # tokenizers raises its own Exception type
+            raise ModelInvalid(f"{model_dir}: cannot load tokenizer: {exc}") from None
+        tokenizer.enable_truncation(max_length=spec.text.max_tokens)
+        tokenizer.enable_padding(length=spec.text.max_tokens)
+        interpreter = load_interpreter(model_dir / spec.text.file, options.num_threads)
+        return cls(spec, interpreter, tokenizer)
+
+    @classmethod
+    def create_from_model_dir(cls, model_dir: Path, num_threads: int = 1) -> "TextEncoder":
+        """Shortcut for :meth:`create_from_options` with default options."""
+        return cls.create_from_options(EncoderOptions(model_dir=model_dir, num_threads=num_threads))
+
+    def tokenize(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids and attention mask, each int32 of shape (1, max_tokens)."""
+        encoding = self._tokenizer.encode(text)
+        ids = np.asarray([encoding.ids], dtype=np.int32)
+        mask = np.asarray([encoding.attention_mask], dtype=np.int32)
+        return ids, mask
+
+    def embed(self, text: str) -> np.ndarray:
+        """Embed one text.
+
+        Raises:
+            QueryInvalid: ``text`` is not a string or has no content.
+        """
+        if not isinstance(text, str):
+            raise QueryInvalid("a query must be text")
+        if not text.strip():
+            raise QueryInvalid("the query is empty")
+        return self._run(*self.tokenize(text))
+
+
+class ImageEncoder(_Tower):
+    """Encodes a photo into the shared embedding space.
+
+    Use :meth:`create_from_options` or :meth:`create_from_model_dir`.
+    """
+
+    def __init__(self, spec: ModelSpec, interpreter):
+        super().__init__(spec, interpreter)
+        size = spec.image.size
+        shape = tuple(self._inputs[0]["shape"]) if len(self._inputs) == 1 else None
+        if shape != (1, size, size, 3):
+            raise ModelInvalid(f"{spec.id}: image tower input {shape} is not (1, {size}, {size}, 3)")
+
+    @classmethod
+    def create_from_options(cls, options: EncoderOptions) -> "ImageEncoder":
+        """Load the image tower named by ``options.model_dir``.
+
+        Raises:
+            ModelInvalid: bad model directory, altered file, or wrong input shape.
+        """
+        model_dir = Path(options.model_dir)
+        spec = read_spec(model_dir, verify=options.verify)
+        interpreter = load_interpreter(model_dir / spec.image.file, options.num_threads)
+        return cls(spec, interpreter)
+
+    @classmethod
+    def create_from_model_dir(cls, model_dir: Path, num_threads: int = 1) -> "ImageEncoder":
+        """Shortcut for :meth:`create_from_options` with default options."""
+        return cls.create_from_options(EncoderOptions(model_dir=model_dir, num_threads=num_threads))
+
+    @property
+    def input_size(self) -> int:
+        """Side of the square input, in pixels."""
+        return self.spec.image.size
+
+    def embed_image(self, image) -> np.ndarray:
+        """Embed a PIL image (RGB, upright)."""
+        return self._run(images.tower_input(image, self.input_size))
+
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Embed a prepared input: (size, size, 3) RGB in 0..255, any numeric dtype."""
+        return self._run(np.asarray(pixels, dtype=np.float32).reshape(1, self.input_size, self.input_size, 3))
+
+    def embed_file(self, path: Path) -> np.ndarray:
+        """Open, orient and embed the photo at ``path``.
+
+        Raises:
+            ImageUnreadable: the file is not a usable photo.
+        """
+        photo = images.open_photo(path, min_side=self.input_size)
+        return self.embed_image(photo.image)

@@ -1,0 +1,36 @@
+"""The one exception root of Glimpse and its subclasses.
+
+Every error a user can cause derives from :class:`GlimpseError`, and also from
+the matching built-in, so callers may catch either.
+"""
+
+
+class GlimpseError(Exception):
+    """Root of every error Glimpse raises on purpose."""
+
+
+class BundleInvalid(GlimpseError, ValueError):
+    """A bundle is missing, of the wrong version, altered, or inconsistent."""
+
+
+class ModelInvalid(GlimpseError, ValueError):
+    """A model directory or ``.tflite`` file cannot be used."""
+
+
+class QueryInvalid(GlimpseError, ValueError):
+    """A search query is empty, too long, or not text."""
+
+
+class ImageUnreadable(GlimpseError, ValueError):
+    """A file is not an image Glimpse can read (corrupt, truncated, too large...)."""
+
+
+class ItemNotFound(GlimpseError, KeyError):
+    """No item with that id exists in the bundle."""
+
+    def __str__(self):  # KeyError quotes its argument; we want the plain message
+        return str(self.args[0]) if self.args else "item not found"
+
+
+class RuntimeMissing(GlimpseError, ImportError):
+    """No TFLite interpreter (ai-edge-litert or tflite-runtime) is installed."""

