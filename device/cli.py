@@ -60,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _search(args) -> int:
-    from device.search import Searcher
+    from device.search import Searcher, check_query
 
+    check_query(args.query)  # refuse a bad query before paying for the model load
     with Searcher.from_bundle(args.bundle) as searcher:
         results = searcher.search(args.query, k=args.k)
     if args.json:

@@ -8,6 +8,7 @@ needed and accuracy stays within a fraction of a percent of float32.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 #: The variants a model can be exported in.
@@ -36,7 +37,12 @@ def export_tflite(module, sample_args: tuple, path: Path, variant: str) -> Path:
         from litert_torch.generative.quantize import quant_recipes
 
         quant_config = quant_recipes.full_dynamic_recipe()
-    edge_model = litert_torch.convert(module.eval(), sample_args, quant_config=quant_config)
+    with warnings.catch_warnings():
+        # The converter trips deprecations inside torch.export and its own
+        # dependencies; they are not ours to act on and would drown real ones.
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        edge_model = litert_torch.convert(module.eval(), sample_args, quant_config=quant_config)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     edge_model.export(str(path))
