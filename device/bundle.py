@@ -225,6 +225,8 @@ def _check_files(path: Path, files: dict, full: bool) -> None:
         pure = PurePosixPath(relative)
         if pure.is_absolute() or ".." in pure.parts or relative == MANIFEST:
             raise BundleInvalid(f"{path}: {MANIFEST} lists an unsafe path {relative!r}")
+        if not isinstance(entry, dict):
+            raise BundleInvalid(f"{path}: {MANIFEST} entry for {relative} is malformed")
         file_path = path / relative
         try:
             size = file_path.stat().st_size

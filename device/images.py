@@ -64,8 +64,9 @@ def open_photo(path: Path, min_side: int | None = None, max_pixels: int = MAX_PI
         if path.stat().st_size == 0:
             raise ImageUnreadable(f"{path.name}: empty file")
         with warnings.catch_warnings():
-            # Pillow warns, then raises, past its own limit; we refuse at ours.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow warns past its own limit (89 MP), below ours; the explicit
+            # check after opening (before decoding) is the one that counts.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 width, height = img.size
                 if width * height > max_pixels:
@@ -88,7 +89,7 @@ def open_photo(path: Path, min_side: int | None = None, max_pixels: int = MAX_PI
         raise ImageUnreadable(f"{path.name}: no such file") from None
     except UnidentifiedImageError:
         raise ImageUnreadable(f"{path.name}: not an image Pillow can read") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except Image.DecompressionBombError:
         raise ImageUnreadable(f"{path.name}: refused as a decompression bomb") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
         raise ImageUnreadable(f"{path.name}: corrupt or truncated ({exc})") from None

@@ -50,7 +50,12 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     if k == 0:
         return np.empty(0, np.int64), np.empty(0, np.float32)
     if k < n:
-        candidates = np.argpartition(-scores, k - 1)[:k]
+        # Everything above the k-th score, then the rows tied with it in row
+        # order: paging with a growing k then never shows one twin twice.
+        kth = -np.partition(-scores, k - 1)[k - 1]
+        above = np.flatnonzero(scores > kth)
+        tied = np.flatnonzero(scores == kth)[: k - above.size]
+        candidates = np.concatenate([above, tied])
     else:
         candidates = np.arange(n)
     order = np.lexsort((candidates, -scores[candidates]))
