@@ -7,6 +7,7 @@ A bundle is one directory (see ``docs/bundle-format.md``)::
     embeddings.npy    float32 (items, dim), unit rows; memory-mapped on open
     items.jsonl       one JSON object per item, in embedding row order
     thumbs/<id>.jpg   one thumbnail per item
+    previews/<id>.jpg one large display copy per item (optional)
     report.json       what the build did and which files it skipped, and why
 
 The device opens and verifies bundles here; ``provisioning`` writes them with
@@ -34,6 +35,7 @@ MODEL_DIR = "model"
 EMBEDDINGS = "embeddings.npy"
 ITEMS = "items.jsonl"
 THUMBS = "thumbs"
+PREVIEWS = "previews"
 REPORT = "report.json"
 
 #: How much checking :meth:`Bundle.open` does.
@@ -52,6 +54,8 @@ class Item:
         width, height: pixels, upright (after EXIF orientation).
         taken: EXIF date taken (ISO 8601) or ``None``.
         thumb: thumbnail path relative to the bundle.
+        preview: large display copy relative to the bundle, or ``None`` when the
+            bundle carries thumbnails only.
     """
 
     id: str
@@ -62,6 +66,7 @@ class Item:
     height: int
     taken: str | None
     thumb: str
+    preview: str | None = None
 
     @property
     def folder(self) -> str:
@@ -259,6 +264,8 @@ def _read_items(path: Path, manifest: dict) -> list[Item]:
     for item in items:
         if item.thumb not in manifest["files"]:
             raise BundleInvalid(f"{path}: item {item.id} names thumbnail {item.thumb}, not in {MANIFEST}")
+        if item.preview is not None and item.preview not in manifest["files"]:
+            raise BundleInvalid(f"{path}: item {item.id} names preview {item.preview}, not in {MANIFEST}")
     return items
 
 

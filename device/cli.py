@@ -1,7 +1,9 @@
 """``glimpse``: the device's command line.
 
     glimpse search QUERY --bundle DIR [-k 5] [--json]
-    glimpse serve --bundle DIR [--host 127.0.0.1] [--port 8080]
+    glimpse serve [--bundle DIR] [--host 127.0.0.1] [--port 8080] [any setting as --flag]
+    glimpse config [--flags]         the effective settings and where each came from
+    glimpse reload [--bundle-name NAME]   ask the running daemon to verify and switch bundles
     glimpse verify --bundle DIR
     glimpse selftest [--model DIR]
 
@@ -15,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+from device import settings
 from device.errors import GlimpseError
 
 
@@ -29,11 +32,20 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("-k", type=int, default=5, help="how many results (default 5)")
     search.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
 
-    serve = commands.add_parser("serve", help="serve the web UI and JSON API")
-    serve.add_argument("--bundle", required=True, type=Path, help="bundle directory")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8080, help="port (default 8080)")
-    serve.add_argument("--threads", type=int, default=4, help="request threads (default 4)")
+    serve = commands.add_parser("serve", help="serve the web UI and JSON API (the daemon)")
+    settings.add_arguments(serve, tuple(s.name for s in settings.SETTINGS))
+    serve.add_argument("--config", type=Path, help=f"configuration file (default {settings.CONFIG_FILE})")
+
+    config = commands.add_parser("config", help="print the effective settings and where each came from")
+    settings.add_arguments(config, tuple(s.name for s in settings.SETTINGS))
+    config.add_argument("--config", type=Path, help=f"configuration file (default {settings.CONFIG_FILE})")
+
+    reload = commands.add_parser("reload", help="ask the running daemon to verify and switch to a bundle")
+    reload.add_argument("--bundle-name", help="a directory under DATA_DIR/bundles to switch `current` to "
+                                              "(default: re-read the configured bundle)")
+    reload.add_argument("--token", help="admin token (default: $GLIMPSE_ADMIN_TOKEN)")
+    settings.add_arguments(reload, ("host", "port"))
+    reload.add_argument("--config", type=Path, help=f"configuration file (default {settings.CONFIG_FILE})")
 
     verify = commands.add_parser("verify", help="check every file of a bundle against its manifest")
     verify.add_argument("--bundle", required=True, type=Path, help="bundle directory")
@@ -73,10 +85,49 @@ def _search(args) -> int:
     return 0
 
 
-def _serve(args) -> int:
-    from device.web.server import serve
+def _settings(args) -> settings.Settings:
+    cli = {s.name: getattr(args, s.name, None) for s in settings.SETTINGS}
+    return settings.load(cli, config_file=args.config)
 
-    serve(args.bundle, host=args.host, port=args.port, threads=args.threads)
+
+def _serve(args) -> int:
+    from device.daemon import Daemon, configure_logging
+
+    effective = _settings(args)
+    configure_logging(effective.log_level)
+    return Daemon(effective).serve()
+
+
+def _config(args) -> int:
+    print(settings.describe(_settings(args)))
+    return 0
+
+
+def _reload(args) -> int:
+    import os
+    import urllib.error
+    import urllib.request
+
+    effective = _settings(args)
+    host = "127.0.0.1" if effective.host in {"0.0.0.0", "", "::"} else effective.host
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{effective.port}/api/admin/reload"
+    body = json.dumps({"bundle": args.bundle_name} if args.bundle_name else {}).encode()
+    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
+    token = args.token or os.environ.get("GLIMPSE_ADMIN_TOKEN")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:
+            answer = json.load(response)
+    except urllib.error.HTTPError as exc:
+        try:
+            reason = json.load(exc).get("error", exc.reason)
+        except ValueError:
+            reason = exc.reason
+        raise GlimpseError(f"reload refused ({exc.code}): {reason}") from None
+    except urllib.error.URLError as exc:
+        raise GlimpseError(f"no Glimpse daemon answers at {url}: {exc.reason}") from None
+    print(f"now serving bundle {answer['bundle_id']} (was {answer['previous']})")
     return 0
 
 
@@ -102,4 +153,5 @@ def _selftest(args) -> int:
     return 0
 
 
-_COMMANDS = {"search": _search, "serve": _serve, "verify": _verify, "selftest": _selftest}
+_COMMANDS = {"search": _search, "serve": _serve, "config": _config, "reload": _reload,
+             "verify": _verify, "selftest": _selftest}

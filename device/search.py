@@ -8,13 +8,18 @@ Shaped like a MediaPipe task: :class:`SearcherOptions`, then
 from __future__ import annotations
 
 import dataclasses
+import datetime as _dt
+import threading
 import unicodedata
 from pathlib import Path
 
+import numpy as np
+
+from device import query as query_syntax
 from device.bundle import Bundle, Item
 from device.encoders import EncoderOptions, TextEncoder
 from device.errors import QueryInvalid
-from device.index import ExactIndex
+from device.index import ExactIndex, top_k
 
 #: Longest query accepted, in characters. The text tower reads 64 tokens; a
 #: longer query is almost surely pasted by mistake (or an attack).
@@ -69,6 +74,72 @@ class Result:
         }
 
 
+@dataclasses.dataclass(frozen=True)
+class Filters:
+    """Restrictions on which photos a search may return.
+
+    Attributes:
+        folder: only photos in this folder or below it (library-relative, POSIX).
+        taken_from, taken_to: only photos whose EXIF date falls in this range
+            (inclusive, ``YYYY-MM-DD``); photos without a date are left out when
+            either bound is set.
+        min_score: only results scoring at least this (cosine).
+    """
+
+    folder: str | None = None
+    taken_from: str | None = None
+    taken_to: str | None = None
+    min_score: float | None = None
+
+    @classmethod
+    def parse(cls, folder=None, taken_from=None, taken_to=None, min_score=None) -> "Filters":
+        """Build filters from request parameters (strings or ``None``/empty).
+
+        Raises:
+            QueryInvalid: a malformed date, an inverted range, or a score outside -1..1.
+        """
+        folder = (folder or "").strip().strip("/") or None
+        dates = []
+        for name, raw in (("from", taken_from), ("to", taken_to)):
+            raw = (raw or "").strip()
+            if raw:
+                try:
+                    dates.append(_dt.date.fromisoformat(raw).isoformat())
+                except ValueError:
+                    raise QueryInvalid(f"date {name} must be YYYY-MM-DD, not {raw!r}") from None
+            else:
+                dates.append(None)
+        if dates[0] and dates[1] and dates[0] > dates[1]:
+            raise QueryInvalid("the date range ends before it starts")
+        score = None
+        if min_score not in (None, ""):
+            try:
+                score = float(min_score)
+            except (TypeError, ValueError):
+                raise QueryInvalid("min_score must be a number between -1 and 1") from None
+            if not -1.0 <= score <= 1.0:
+                raise QueryInvalid("min_score must be a number between -1 and 1")
+        return cls(folder=folder, taken_from=dates[0], taken_to=dates[1], min_score=score)
+
+    @property
+    def restricts_rows(self) -> bool:
+        """Whether the filters exclude photos by metadata (not only by score)."""
+        return bool(self.folder or self.taken_from or self.taken_to)
+
+    def admits(self, item: Item) -> bool:
+        """Whether ``item`` passes the folder and date filters."""
+        if self.folder and not (item.folder == self.folder or item.folder.startswith(self.folder + "/")):
+            return False
+        if self.taken_from or self.taken_to:
+            day = (item.taken or "")[:10]
+            if not day or (self.taken_from and day < self.taken_from) or (self.taken_to and day > self.taken_to):
+                return False
+        return True
+
+
+NO_FILTERS = Filters()
+
+
 def check_query(query, max_chars: int = MAX_QUERY_CHARS) -> str:
     """Return ``query`` stripped, or raise :class:`QueryInvalid` saying why.
 
@@ -100,6 +171,8 @@ class Searcher:
         self.encoder = encoder
         self.options = options
         self.index = ExactIndex(bundle.embeddings)
+        self._lock = threading.Lock()
+        self._row_cache: dict = {}
 
     @classmethod
     def create_from_options(cls, options: SearcherOptions) -> "Searcher":
@@ -120,21 +193,92 @@ class Searcher:
         """Shortcut: ``create_from_options(SearcherOptions(bundle_dir, **kwargs))``."""
         return cls.create_from_options(SearcherOptions(bundle_dir=Path(bundle_dir), **kwargs))
 
-    def search(self, query: str, k: int = 5, offset: int = 0) -> list[Result]:
+    def search(self, query: str, k: int = 5, offset: int = 0, filters: Filters = NO_FILTERS) -> list[Result]:
         """The best ``k`` photos for ``query``, skipping the first ``offset``.
 
+        ``query`` may use the query syntax of :mod:`device.query` (``beach -people``,
+        ``2:dog + cat``, ``@ID``).
+
         Raises:
-            QueryInvalid: bad query (see :func:`check_query`) or bad ``k``/``offset``.
+            QueryInvalid: bad query (see :func:`check_query` and :func:`device.query.parse`)
+                or bad ``k``/``offset``.
+            ItemNotFound: an ``@ID`` term names no photo.
         """
         query = check_query(query, self.options.max_query_chars)
         k, offset = _check_page(k, offset)
-        return self.search_vector(self.encoder.embed(query), k, offset)
+        return self.search_vector(self.embed_query(query), k, offset, filters)
 
-    def search_vector(self, vector, k: int = 5, offset: int = 0) -> list[Result]:
+    def embed_query(self, query: str) -> np.ndarray:
+        """The query vector: weighted sum of the terms' embeddings, unit length.
+
+        Raises:
+            QueryInvalid: the terms cancel out (e.g. ``cat -cat``) or bad syntax.
+            ItemNotFound: an ``@ID`` term names no photo.
+        """
+        terms = query_syntax.parse(query)
+        if len(terms) == 1 and terms[0].text is not None:
+            return self.encoder.embed(terms[0].text)  # the common case: one plain term
+        total = np.zeros(self.encoder.dim, dtype=np.float32)
+        for term in terms:
+            if term.item_id is not None:
+                vector = np.asarray(self.bundle.embeddings[self.bundle.row(term.item_id)], dtype=np.float32)
+            else:
+                vector = self.encoder.embed(term.text)
+            total += np.float32(term.weight) * vector
+        norm = float(np.linalg.norm(total))
+        if norm < 1e-6:
+            raise QueryInvalid("the query's terms cancel each other out")
+        return total / norm
+
+    def similar(self, item_id: str, k: int = 5, offset: int = 0, filters: Filters = NO_FILTERS) -> list[Result]:
+        """Photos most like the photo ``item_id`` (by its stored embedding), itself excluded.
+
+        Raises:
+            ItemNotFound: no such photo.
+            QueryInvalid: bad ``k``/``offset``.
+        """
+        row = self.bundle.row(item_id)
+        k, offset = _check_page(k, offset)
+        vector = np.asarray(self.bundle.embeddings[row], dtype=np.float32)
+        return self.search_vector(vector, k, offset, filters, exclude=row)
+
+    def search_vector(self, vector, k: int = 5, offset: int = 0, filters: Filters = NO_FILTERS,
+                      exclude: int | None = None) -> list[Result]:
         """Like :meth:`search` for an embedding already in the shared space."""
-        rows, scores = self.index.search(vector, offset + k)
-        return [Result(rank=offset + i + 1, score=float(s), item=self.bundle.items[int(r)])
-                for i, (r, s) in enumerate(zip(rows[offset:], scores[offset:]))]
+        want = offset + k + (1 if exclude is not None else 0)
+        if filters.restricts_rows:
+            rows = self._allowed_rows(filters)
+            sub = np.asarray(self.bundle.embeddings[rows]) @ np.asarray(vector, dtype=np.float32)
+            picked, scores = top_k(sub, want)
+            picked = rows[picked]
+        else:
+            picked, scores = self.index.search(vector, want)
+        hits = [(int(r), float(s)) for r, s in zip(picked, scores) if int(r) != exclude]
+        if filters.min_score is not None:
+            hits = [(r, s) for r, s in hits if s >= filters.min_score]
+        hits = hits[offset:offset + k]
+        return [Result(rank=offset + i + 1, score=s, item=self.bundle.items[r]) for i, (r, s) in enumerate(hits)]
+
+    def folders(self) -> list[str]:
+        """Every folder that holds photos, and their parents, sorted (for the filter menu)."""
+        found = set()
+        for item in self.bundle.items:
+            parts = item.folder.split("/") if item.folder else []
+            for depth in range(1, len(parts) + 1):
+                found.add("/".join(parts[:depth]))
+        return sorted(found)
+
+    def _allowed_rows(self, filters: Filters) -> np.ndarray:
+        key = (filters.folder, filters.taken_from, filters.taken_to)
+        with self._lock:
+            rows = self._row_cache.get(key)
+        if rows is None:
+            rows = np.asarray([i for i, item in enumerate(self.bundle.items) if filters.admits(item)], dtype=np.int64)
+            with self._lock:
+                if len(self._row_cache) >= 32:  # bounded: filters come from users
+                    self._row_cache.pop(next(iter(self._row_cache)))
+                self._row_cache[key] = rows
+        return rows
 
     def close(self) -> None:
         """Release the text tower."""

@@ -43,7 +43,9 @@ class BuildOptions:
         out: the bundle directory to write.
         model_dir: the model to embed with (default: the committed ``glimpse-default``).
         thumb_size: longest side of thumbnails, pixels.
-        thumb_format: ``jpeg`` or ``webp``.
+        thumb_format: ``jpeg`` or ``webp`` (previews use it too).
+        preview_size: longest side of the display copies the photo page shows;
+            0 leaves them out (thumbnails only: a smaller bundle).
         workers: decoding processes (0: as many as CPUs).
         force: replace ``out`` if it exists.
         progress: print a progress line to stderr.
@@ -54,6 +56,7 @@ class BuildOptions:
     model_dir: Path | None = None
     thumb_size: int = 320
     thumb_format: str = "jpeg"
+    preview_size: int = 1280
     workers: int = 0
     force: bool = False
     progress: bool = True
@@ -63,22 +66,29 @@ class BuildOptions:
 class _Decoded:
     pixels: np.ndarray  # uint8 (size, size, 3)
     thumb: bytes
+    preview: bytes | None
     width: int
     height: int
     taken: str | None
 
 
-def _decode(job: tuple[str, int, int, str]):
-    """Worker: decode one photo into tower input and thumbnail (or a reason)."""
-    path, size, thumb_size, thumb_format = job
+def _decode(job: tuple[str, int, int, int, str]):
+    """Worker: decode one photo into tower input, thumbnail and preview (or a reason)."""
+    path, size, thumb_size, preview_size, thumb_format = job
     try:
-        photo = images.open_photo(Path(path), min_side=max(size, thumb_size))
+        photo = images.open_photo(Path(path), min_side=max(size, thumb_size, preview_size))
     except ImageUnreadable as exc:
         return str(exc)
     pixels = images.tower_input(photo.image, size)[0].astype(np.uint8)
+    return _Decoded(pixels, _encode(photo.image, thumb_size, thumb_format),
+                    _encode(photo.image, preview_size, thumb_format) if preview_size else None,
+                    photo.width, photo.height, photo.taken)
+
+
+def _encode(image, max_side: int, fmt: str) -> bytes:
     buffer = io.BytesIO()
-    images.thumbnail(photo.image, thumb_size).save(buffer, THUMB_FORMATS[thumb_format][0], quality=85)
-    return _Decoded(pixels, buffer.getvalue(), photo.width, photo.height, photo.taken)
+    images.thumbnail(image, max_side).save(buffer, THUMB_FORMATS[fmt][0], quality=85)
+    return buffer.getvalue()
 
 
 def walk(root: Path) -> tuple[list[Path], list[Path]]:
@@ -180,7 +190,9 @@ def build(options: BuildOptions) -> dict:
                                                  encoding="utf-8")
         manifest = bundle_format.write_manifest(
             work, spec, len(items),
-            extra={"index": {"kind": "exact"}, "builder": {"glimpse": _version(), "thumb_size": options.thumb_size}},
+            extra={"index": {"kind": "exact"},
+                   "builder": {"glimpse": _version(), "thumb_size": options.thumb_size,
+                               "preview_size": options.preview_size}},
         )
         report["bundle_id"] = manifest["bundle_id"]
         if out.exists():
@@ -198,7 +210,10 @@ def _embed_all(unique: dict, encoder: ImageEncoder, options: BuildOptions, work:
     thumbs.mkdir()
     suffix = THUMB_FORMATS[options.thumb_format][1]
     size = encoder.input_size
-    jobs = [(str(path), size, options.thumb_size, options.thumb_format) for _, path in unique.values()]
+    jobs = [(str(path), size, options.thumb_size, options.preview_size, options.thumb_format)
+            for _, path in unique.values()]
+    if options.preview_size:
+        (work / bundle_format.PREVIEWS).mkdir()
     keys = list(unique)
     workers = options.workers or os.cpu_count() or 1
     progress = _Progress(len(jobs), options.progress)
@@ -216,9 +231,14 @@ def _embed_all(unique: dict, encoder: ImageEncoder, options: BuildOptions, work:
                 ident = bundle_format.item_id(digest)
                 thumb = f"{bundle_format.THUMBS}/{ident}{suffix}"
                 (work / thumb).write_bytes(decoded.thumb)
+                preview = None
+                if decoded.preview is not None:
+                    preview = f"{bundle_format.PREVIEWS}/{ident}{suffix}"
+                    (work / preview).write_bytes(decoded.preview)
                 items.append(bundle_format.Item(
                     id=ident, path=relative, size=path.stat().st_size, sha256=digest,
                     width=decoded.width, height=decoded.height, taken=decoded.taken, thumb=thumb,
+                    preview=preview,
                 ))
             progress.update(done)
         progress.update(len(jobs), final=True)

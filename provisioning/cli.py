@@ -44,7 +44,10 @@ def _parser() -> argparse.ArgumentParser:
 def _build_options(parser) -> None:
     parser.add_argument("--model", type=Path, help="model directory (default: the committed glimpse-default)")
     parser.add_argument("--thumb-size", type=int, default=320, help="thumbnail longest side (default 320)")
-    parser.add_argument("--thumb-format", choices=["jpeg", "webp"], default="jpeg", help="thumbnail format")
+    parser.add_argument("--thumb-format", choices=["jpeg", "webp"], default="jpeg",
+                        help="thumbnail and preview format")
+    parser.add_argument("--preview-size", type=int, default=1280,
+                        help="longest side of the display copy on the photo page (default 1280; 0: none)")
     parser.add_argument("--workers", type=int, default=0, help="decoding processes (default: CPU count)")
     parser.add_argument("--force", action="store_true", help="replace the output bundle if it exists")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
@@ -70,6 +73,7 @@ def _run_build(args, images: Path) -> int:
 
     report = build(BuildOptions(images=images, out=args.out, model_dir=args.model,
                                 thumb_size=args.thumb_size, thumb_format=args.thumb_format,
+                                preview_size=args.preview_size,
                                 workers=args.workers, force=args.force, progress=not args.quiet))
     print(f"bundle {report['bundle_id']}: {report['items']} photos in {args.out} "
           f"({report['seconds']}s, model {report['model']})")

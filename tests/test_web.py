@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import pytest
 
-from device.search import Searcher
+from device import settings
+from device.daemon import Daemon
 from device.web import create_app
 
 
 @pytest.fixture(scope="module")
-def client(bundle_dir):
-    searcher = Searcher.from_bundle(bundle_dir)
-    app = create_app(searcher)
-    yield app.test_client()
-    searcher.close()
+def daemon(bundle_dir):
+    daemon = Daemon(settings.load({"bundle": str(bundle_dir)}, env={}))
+    daemon.load()
+    return daemon
+
+
+@pytest.fixture(scope="module")
+def client(daemon):
+    return create_app(daemon).test_client()
 
 
 def test_home_page_has_a_search_box_and_no_remote_assets(client):

@@ -1,92 +1,225 @@
 """The web UI and JSON API, as a Flask application factory.
 
 Every asset is served from this package (no CDN): the appliance is offline.
-Thumbnails are served only through the bundle's manifest, so no request can
-reach a file outside the bundle.
+Photos are served only through the bundle's manifest, so no request can reach
+a file outside the bundle. Pages work without JavaScript; the script only makes
+results appear as you type.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import time
+from urllib.parse import urlencode
 
-from flask import Flask, abort, g, jsonify, render_template, request, send_file
+from flask import Flask, Response, abort, g, jsonify, render_template, request, send_file, url_for
 from werkzeug.exceptions import HTTPException
 
 from device import __version__
-from device.errors import GlimpseError, ItemNotFound, QueryInvalid
-from device.search import Searcher
+from device.errors import BundleInvalid, GlimpseError, ItemNotFound, QueryInvalid
+from device.search import Filters
 
 log = logging.getLogger("glimpse.web")
 
-#: Results shown per page in the HTML UI.
-PAGE_SIZE = 24
+#: Most results one API call returns.
+API_MAX_K = 200
+_LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 
 
-def create_app(searcher: Searcher) -> Flask:
-    """The Flask app serving ``searcher``'s bundle.
+def create_app(daemon) -> Flask:
+    """The Flask app serving ``daemon``'s current bundle.
 
-    Routes: ``/`` (search page, works without JavaScript), ``/thumbs/<id>``,
-    ``/api/search?q=&k=&offset=``, ``/healthz``.
+    Args:
+        daemon: a :class:`device.daemon.Daemon` (anything with ``searcher``,
+            ``settings``, ``metrics``, ``status()`` and ``reload()``).
     """
     app = Flask(__name__)
     app.json.sort_keys = False  # keep rank, id, path, score first, as the CLI prints them
     app.json.ensure_ascii = False
-    app.extensions["glimpse.searcher"] = searcher
+    settings = daemon.settings
+
+    @app.template_filter("urlencode_page")
+    def _urlencode_page(args, page: int) -> str:
+        """The current query string with ``page`` set (for "More results")."""
+        params = [(k, v) for k, v in args.items(multi=True) if k != "page"]
+        return urlencode(params + [("page", str(page))])
 
     @app.before_request
-    def _start_timer():
+    def _begin():
         g.started = time.perf_counter()
+        g.searcher = daemon.searcher  # this request finishes on this bundle, even across a reload
 
     @app.after_request
-    def _log_request(response):
-        took = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
-        response.headers["X-Glimpse-Took-Ms"] = f"{took:.1f}"
-        log.info("%s %s %s %.1fms", request.method, request.full_path.rstrip("?"), response.status_code, took)
+    def _end(response):
+        took = time.perf_counter() - g.get("started", time.perf_counter())
+        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+        daemon.metrics.latency.labels(endpoint=endpoint).observe(took)
+        if response.status_code >= 400:
+            kind = {400: "bad_request", 404: "not_found"}.get(response.status_code, str(response.status_code))
+            daemon.metrics.errors.labels(kind=kind).inc()
+        response.headers["X-Glimpse-Took-Ms"] = f"{took * 1000:.1f}"
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        log.info("%s %s %s %.1fms", request.method, request.full_path.rstrip("?"), response.status_code,
+                 took * 1000)
         return response
+
+    def _filters() -> Filters:
+        args = request.args
+        min_score = args.get("min_score")
+        if min_score in (None, "") and settings.default_min_score:
+            min_score = settings.default_min_score
+        return Filters.parse(folder=args.get("folder"), taken_from=args.get("from"),
+                             taken_to=args.get("to"), min_score=min_score)
+
+    def _page() -> int:
+        try:
+            page = int(request.args.get("page", "0") or 0)
+        except ValueError:
+            raise QueryInvalid("page must be a whole number") from None
+        if not 0 <= page <= 1000:
+            raise QueryInvalid("page must be between 0 and 1000")
+        return page
+
+    def _render_results(template: str, run, **context):
+        """Render a results page; a bad parameter shows its reason with status 400."""
+        searcher = g.searcher
+        size = settings.page_size
+        error, results, page, filters = None, [], 0, Filters()
+        try:
+            page = _page()
+            filters = _filters()
+            results = run(searcher, size + 1, page * size, filters)
+        except QueryInvalid as exc:
+            error = str(exc)
+        more = len(results) > size
+        return render_template(
+            template, results=results[:size], error=error, page=page, more=more, filters=filters,
+            folders=searcher.folders(), bundle=searcher.bundle, version=__version__, args=request.args,
+            **context), (400 if error else 200)
 
     @app.get("/")
     def index():
         query = request.args.get("q", "")
-        error, results, more = None, [], False
-        if query:
-            try:
-                page = max(0, int(request.args.get("page", "0")))
-                results = searcher.search(query, k=PAGE_SIZE + 1, offset=page * PAGE_SIZE)
-            except (GlimpseError, ValueError) as exc:
-                error = str(exc)
-                page = 0
-            more = len(results) > PAGE_SIZE
-            results = results[:PAGE_SIZE]
-        else:
-            page = 0
-        status = 400 if error else 200
-        return render_template("index.html", query=query, results=results, error=error,
-                               page=page, more=more, bundle=searcher.bundle, version=__version__), status
+        if not query.strip():
+            searcher = g.searcher
+            return render_template("index.html", query="", results=[], browse=searcher.bundle.items[:settings.page_size],
+                                   error=None, page=0, more=False, filters=Filters(), folders=searcher.folders(),
+                                   bundle=searcher.bundle, version=__version__, args=request.args)
+
+        def run(searcher, k, offset, filters):
+            results = searcher.search(query, k=k, offset=offset, filters=filters)
+            daemon.metrics.queries.labels(kind="text").inc()
+            return results
+        return _render_results("index.html", run, query=query, browse=[])
+
+    @app.get("/items/<item_id>")
+    def item_page(item_id: str):
+        searcher = g.searcher
+        item = _item_or_404(searcher, item_id)
+        score = request.args.get("score")
+        try:
+            score = float(score) if score else None
+        except ValueError:
+            score = None
+        return render_template("item.html", item=item, score=score, bundle=searcher.bundle,
+                               has_preview=bool(item.preview), version=__version__, query=request.args.get("q", ""))
+
+    @app.get("/similar/<item_id>")
+    def similar_page(item_id: str):
+        item = _item_or_404(g.searcher, item_id)
+
+        def run(searcher, k, offset, filters):
+            results = searcher.similar(item.id, k=k, offset=offset, filters=filters)
+            daemon.metrics.queries.labels(kind="similar").inc()
+            return results
+        return _render_results("index.html", run, query="", similar_to=item, browse=[])
+
+    @app.get("/help")
+    def help_page():
+        return render_template("help.html", bundle=g.searcher.bundle, version=__version__, query="")
 
     @app.get("/thumbs/<item_id>")
     def thumb(item_id: str):
+        searcher = g.searcher
+        item = _item_or_404(searcher, item_id)
+        return send_file(searcher.bundle.file(item.thumb), max_age=86400, conditional=True)
+
+    @app.get("/images/<item_id>")
+    def image(item_id: str):
+        searcher = g.searcher
+        item = _item_or_404(searcher, item_id)
+        return send_file(searcher.bundle.file(item.preview or item.thumb), max_age=86400, conditional=True)
+
+    # --- JSON API (docs/openapi.json) -------------------------------------------------
+
+    def _api_page() -> tuple[int, int]:
+        k = request.args.get("k", "10")
+        offset = request.args.get("offset", "0")
         try:
-            item = searcher.bundle.item(item_id)
-            path = searcher.bundle.file(item.thumb)
-        except ItemNotFound:
-            abort(404)
-        response = send_file(path, max_age=86400, conditional=True)
-        return response
+            k, offset = int(k), int(offset)
+        except ValueError:
+            raise QueryInvalid("k and offset must be whole numbers") from None
+        if not 1 <= k <= API_MAX_K:
+            raise QueryInvalid(f"k must be between 1 and {API_MAX_K}")
+        return k, offset
 
     @app.get("/api/search")
     def api_search():
         query = request.args.get("q")
         if query is None:
             raise QueryInvalid("missing parameter q (the query text)")
-        results = searcher.search(query, k=request.args.get("k", "10"), offset=request.args.get("offset", "0"))
+        k, offset = _api_page()
+        results = g.searcher.search(query, k=k, offset=offset, filters=_filters())
+        daemon.metrics.queries.labels(kind="text").inc()
         return jsonify([r.to_json() for r in results])
+
+    @app.get("/api/similar/<item_id>")
+    def api_similar(item_id: str):
+        k, offset = _api_page()
+        results = g.searcher.similar(item_id, k=k, offset=offset, filters=_filters())
+        daemon.metrics.queries.labels(kind="similar").inc()
+        return jsonify([r.to_json() for r in results])
+
+    @app.get("/api/items/<item_id>")
+    def api_item(item_id: str):
+        item = g.searcher.bundle.item(item_id)
+        return jsonify({**item.to_json(), "folder": item.folder, "name": item.name,
+                        "thumb_url": url_for("thumb", item_id=item.id),
+                        "image_url": url_for("image", item_id=item.id)})
+
+    @app.get("/api/status")
+    def api_status():
+        return jsonify(daemon.status())
+
+    @app.post("/api/admin/reload")
+    def api_reload():
+        _require_admin(settings)
+        body = request.get_json(silent=True) if request.data else {}
+        if not isinstance(body, dict):
+            raise QueryInvalid("the body must be a JSON object, e.g. {\"bundle\": \"NAME\"}")
+        name = body.get("bundle")
+        if name is not None and not isinstance(name, str):
+            raise QueryInvalid("bundle must be a string")
+        try:
+            return jsonify(daemon.reload(name))
+        except (BundleInvalid, GlimpseError) as exc:
+            return jsonify({"error": f"reload refused, the previous bundle keeps serving: {exc}"}), 409
 
     @app.get("/healthz")
     def healthz():
-        bundle = searcher.bundle
+        bundle = g.searcher.bundle
         return jsonify({"status": "ok", "bundle_id": bundle.id, "items": len(bundle),
                         "model": bundle.spec.full_id, "version": __version__})
+
+    @app.get("/metrics")
+    def metrics():
+        from device.metrics import CONTENT_TYPE
+
+        return Response(daemon.metrics.render(), content_type=CONTENT_TYPE)
+
+    # --- errors ------------------------------------------------------------------------
 
     @app.errorhandler(QueryInvalid)
     def _bad_query(exc):
@@ -94,17 +227,39 @@ def create_app(searcher: Searcher) -> Flask:
 
     @app.errorhandler(ItemNotFound)
     def _not_found(exc):
-        return jsonify({"error": str(exc)}), 404
+        if request.path.startswith("/api/"):
+            return jsonify({"error": str(exc)}), 404
+        return render_template("error.html", message=str(exc), version=__version__, query=""), 404
 
     @app.errorhandler(HTTPException)
     def _http_error(exc):
-        if request.path.startswith("/api/"):
+        if request.path.startswith("/api/") or request.path in {"/healthz", "/metrics"}:
             return jsonify({"error": exc.description}), exc.code
         return exc
 
     @app.errorhandler(Exception)
-    def _unexpected(exc):  # a bug must not show a traceback to the user
+    def _unexpected(exc):  # a bug must never show a traceback to the user
         log.exception("unexpected error on %s", request.path)
         return jsonify({"error": "internal error; see the daemon's log"}), 500
 
     return app
+
+
+def _item_or_404(searcher, item_id: str):
+    try:
+        return searcher.bundle.item(item_id)
+    except ItemNotFound:
+        abort(404)
+
+
+def _require_admin(settings) -> None:
+    """Admin calls need the bearer token (when one is set) or come from loopback."""
+    expected = settings.admin_token_sha256
+    if expected:
+        header = request.headers.get("Authorization", "")
+        token = header[7:] if header.startswith("Bearer ") else ""
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        if not token or not hmac.compare_digest(digest, expected.lower()):
+            abort(401, description="admin calls need Authorization: Bearer TOKEN")
+    elif request.remote_addr not in _LOOPBACK:
+        abort(403, description="admin calls are accepted from this device only (set admin_token_sha256)")

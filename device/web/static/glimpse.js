@@ -1,4 +1,4 @@
-// Instant results as you type. The page works without this script: the form
+// Instant results as you type. Every page works without this script: the form
 // submits to the server, which renders the same grid.
 (function () {
   "use strict";
@@ -6,66 +6,107 @@
   var input = document.getElementById("q");
   var grid = document.getElementById("results");
   var status = document.getElementById("status");
-  if (!form || !input || !window.fetch) { return; }
+  if (!form || !input || !grid || !status || !window.fetch || !window.URLSearchParams) { return; }
   var timer = null;
   var latest = 0;
+  var pageSize = 24;
 
-  function card(r) {
+  function params(q, offset) {
+    var p = new URLSearchParams();
+    p.set("q", q);
+    p.set("k", String(pageSize));
+    if (offset) { p.set("offset", String(offset)); }
+    ["folder", "from", "to", "min_score"].forEach(function (name) {
+      var el = document.getElementById(name);
+      if (el && el.value) { p.set(name, el.value); }
+    });
+    return p;
+  }
+
+  function card(r, q) {
     var li = document.createElement("li");
     li.className = "card";
     var a = document.createElement("a");
-    a.href = "thumbs/" + encodeURIComponent(r.id);
-    a.title = r.path;
+    a.href = "items/" + encodeURIComponent(r.id) + "?score=" + r.score.toFixed(4) + "&q=" + encodeURIComponent(q);
     var img = document.createElement("img");
-    img.src = a.href;
+    img.src = "thumbs/" + encodeURIComponent(r.id);
     img.alt = r.path;
     img.loading = "lazy";
-    a.appendChild(img);
-    var score = document.createElement("span");
-    score.className = "score";
-    score.title = "cosine similarity";
-    score.textContent = r.score.toFixed(2);
     var name = document.createElement("span");
     name.className = "name";
     name.textContent = r.path.split("/").pop();
-    li.appendChild(a); li.appendChild(score); li.appendChild(name);
+    a.appendChild(img);
+    a.appendChild(name);
+    var score = document.createElement("span");
+    score.className = "score";
+    score.title = "similarity score (cosine)";
+    score.textContent = r.score.toFixed(2);
+    li.appendChild(a);
+    li.appendChild(score);
     return li;
   }
 
-  function run() {
+  function say(text, cls) {
+    status.textContent = "";
+    var span = document.createElement("span");
+    if (cls) { span.className = cls; }
+    span.textContent = text;
+    status.appendChild(span);
+  }
+
+  function run(offset) {
     var q = input.value.trim();
     if (!q) { return; }
     var ticket = ++latest;
-    fetch("api/search?k=24&q=" + encodeURIComponent(q)).then(function (response) {
+    var p = params(q, offset);
+    fetch("api/search?" + p.toString()).then(function (response) {
       return response.json().then(function (body) { return { ok: response.ok, body: body }; });
     }).then(function (res) {
-      if (ticket !== latest) { return; }  // a newer query has been typed
-      grid.textContent = "";
+      if (ticket !== latest) { return; }  // a newer query has been typed meanwhile
       var more = document.getElementById("more");
       if (more) { more.parentNode.remove(); }
-      if (!res.ok) {
-        status.innerHTML = "";
-        var err = document.createElement("span");
-        err.className = "error";
-        err.textContent = res.body.error || "search failed";
-        status.appendChild(err);
-        return;
+      if (!offset) { grid.textContent = ""; }
+      if (!res.ok) { say(res.body.error || "The search failed.", "error"); return; }
+      if (!res.body.length && !offset) {
+        say("No photos match \u201c" + q + "\u201d. Try other words, or loosen the filters.", "empty");
+      } else {
+        say("Best matches for \u201c" + q + "\u201d.");
       }
-      status.textContent = res.body.length ? "Best matches for \u201c" + q + "\u201d." : "No photos match \u201c" + q + "\u201d.";
-      res.body.forEach(function (r) { grid.appendChild(card(r)); });
-      history.replaceState(null, "", "?q=" + encodeURIComponent(q));
+      res.body.forEach(function (r) { grid.appendChild(card(r, q)); });
+      if (res.body.length === pageSize) {
+        var p2 = document.createElement("p");
+        p2.className = "more";
+        var link = document.createElement("a");
+        link.id = "more";
+        link.href = "?" + params(q).toString();
+        link.textContent = "More results";
+        link.addEventListener("click", function (event) {
+          event.preventDefault();
+          run((offset || 0) + pageSize);
+        });
+        p2.appendChild(link);
+        grid.parentNode.insertBefore(p2, grid.nextSibling);
+      }
+      var shown = params(q);
+      shown.delete("k");
+      history.replaceState(null, "", "?" + shown.toString());
     }).catch(function () {
-      status.textContent = "The appliance did not answer; is it still running?";
+      say("The appliance did not answer; is it still running?", "error");
     });
   }
 
   input.addEventListener("input", function () {
     clearTimeout(timer);
-    timer = setTimeout(run, 250);
+    timer = setTimeout(function () { run(0); }, 250);
   });
   form.addEventListener("submit", function (event) {
+    if (!input.value.trim()) { return; }  // let the browser show the start page
     event.preventDefault();
     clearTimeout(timer);
-    run();
+    run(0);
+  });
+  ["folder", "from", "to", "min_score"].forEach(function (name) {
+    var el = document.getElementById(name);
+    if (el) { el.addEventListener("change", function () { run(0); }); }
   });
 }());

@@ -1,0 +1,274 @@
+"""The one settings table of Glimpse, and how its layers are read.
+
+Each :class:`Setting` has a name, a default, a type and a help text; the table
+drives validation, ``--help``, ``glimpse config`` and ``docs/configuration.md``.
+Layers, later ones winning: defaults < ``/etc/glimpse/glimpse.conf`` <
+``GLIMPSE_*`` environment < command line. A bad value stops start-up with a
+message that names the key and where the value came from.
+"""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from device.errors import GlimpseError
+
+#: Where the daemon looks for its configuration file.
+CONFIG_FILE = Path("/etc/glimpse/glimpse.conf")
+ENV_PREFIX = "GLIMPSE_"
+
+
+class SettingInvalid(GlimpseError, ValueError):
+    """A setting has a value of the wrong type or out of range."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One row of the settings table.
+
+    Attributes:
+        name: the key (``snake_case``); also ``GLIMPSE_<NAME>`` and ``--name-with-dashes``.
+        default: the value when no layer sets it.
+        type: ``str``, ``int``, ``float``, ``bool`` or ``path``.
+        help: one line for ``--help`` and the docs.
+        choices: allowed values, when the set is closed.
+        minimum, maximum: bounds for numbers.
+    """
+
+    name: str
+    default: Any
+    type: str
+    help: str
+    choices: tuple = ()
+    minimum: float | None = None
+    maximum: float | None = None
+
+    @property
+    def env(self) -> str:
+        """The environment variable that sets it."""
+        return ENV_PREFIX + self.name.upper()
+
+    @property
+    def flag(self) -> str:
+        """The command-line flag that sets it."""
+        return "--" + self.name.replace("_", "-")
+
+    def parse(self, raw: Any, source: str) -> Any:
+        """Convert ``raw`` (text from a file or the environment, or a Python value)
+        to this setting's type and check it.
+
+        Raises:
+            SettingInvalid: naming the key, the source and what is allowed.
+        """
+        try:
+            value = _PARSERS[self.type](raw)
+        except (TypeError, ValueError):
+            raise SettingInvalid(
+                f"setting {self.name} from {source}: {raw!r} is not a valid {self.type}") from None
+        if self.choices and value not in self.choices:
+            raise SettingInvalid(
+                f"setting {self.name} from {source}: {raw!r} is not one of {', '.join(map(str, self.choices))}")
+        if self.minimum is not None and value < self.minimum:
+            raise SettingInvalid(f"setting {self.name} from {source}: {value} is below the minimum {self.minimum}")
+        if self.maximum is not None and value > self.maximum:
+            raise SettingInvalid(f"setting {self.name} from {source}: {value} is above the maximum {self.maximum}")
+        return value
+
+
+def _parse_bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(raw)
+
+
+def _parse_str(raw: Any) -> str:
+    if not isinstance(raw, (str, Path)):
+        raise TypeError(raw)
+    return str(raw)
+
+
+_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "str": _parse_str,
+    "path": lambda raw: str(Path(_parse_str(raw)).expanduser()) if str(raw) else "",
+    "int": lambda raw: int(str(raw).strip()) if not isinstance(raw, bool) else int("x"),
+    "float": lambda raw: float(str(raw).strip()),
+    "bool": _parse_bool,
+}
+
+#: The settings table. Keep it sorted by topic; docs/configuration.md is made from it.
+SETTINGS: tuple[Setting, ...] = (
+    Setting("data_dir", "/var/lib/glimpse", "path",
+            "Data directory: versioned bundles under bundles/ and the `current` link to the one served."),
+    Setting("bundle", "", "path",
+            "Serve this bundle directory instead of DATA_DIR/current (no link switching)."),
+    Setting("host", "127.0.0.1", "str", "Address the web server listens on (0.0.0.0 for the whole network)."),
+    Setting("port", 8080, "int", "TCP port of the web server.", minimum=1, maximum=65535),
+    Setting("threads", 4, "int", "Request threads; 2-4 suit a Raspberry Pi's 4 cores.", minimum=1, maximum=64),
+    Setting("model_threads", 1, "int", "Threads of the text tower's interpreter.", minimum=1, maximum=16),
+    Setting("verify", "full", "str",
+            "Bundle check before serving: full hashes every file, quick checks sizes and parsed files.",
+            choices=("full", "quick")),
+    Setting("page_size", 24, "int", "Results per page in the web UI.", minimum=1, maximum=200),
+    Setting("max_query_chars", 500, "int", "Longest query accepted, in characters.", minimum=10, maximum=10000),
+    Setting("default_min_score", 0.0, "float",
+            "Results below this cosine score are hidden unless the user sets another threshold.",
+            minimum=-1.0, maximum=1.0),
+    Setting("admin_token_sha256", "", "str",
+            "sha256 (hex) of the admin token; admin API calls need `Authorization: Bearer TOKEN`. "
+            "Empty: admin calls are accepted from loopback only."),
+    Setting("shutdown_timeout", 10.0, "float",
+            "Seconds SIGTERM waits for requests in flight before exiting.", minimum=0.0, maximum=300.0),
+    Setting("log_level", "info", "str", "Log level.", choices=("debug", "info", "warning", "error")),
+)
+
+BY_NAME = {s.name: s for s in SETTINGS}
+
+
+@dataclasses.dataclass
+class Settings:
+    """Effective settings: ``values[name]`` and ``sources[name]`` (where each came from)."""
+
+    values: dict
+    sources: dict
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["values"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def bundle_dir(self) -> Path:
+        """The bundle to serve: ``bundle`` if set, else ``data_dir/current``."""
+        return Path(self.values["bundle"]) if self.values["bundle"] else Path(self.values["data_dir"]) / "current"
+
+
+def load(cli: dict | None = None, env: dict | None = None, config_file: Path | None = None) -> Settings:
+    """Read every layer and return the effective :class:`Settings`.
+
+    Args:
+        cli: values given on the command line (``None`` values are ignored).
+        env: the environment (default ``os.environ``).
+        config_file: the configuration file (default ``GLIMPSE_CONFIG`` or
+            ``/etc/glimpse/glimpse.conf``); a missing file is fine.
+
+    Raises:
+        SettingInvalid: a bad value or unknown key, naming key and source.
+    """
+    env = os.environ if env is None else env
+    values = {s.name: s.default for s in SETTINGS}
+    sources = {s.name: "default" for s in SETTINGS}
+    path = Path(config_file or env.get(ENV_PREFIX + "CONFIG") or CONFIG_FILE)
+    for name, raw in _read_config_file(path).items():
+        values[name] = BY_NAME[name].parse(raw, f"{path}")
+        sources[name] = str(path)
+    for setting in SETTINGS:
+        if setting.env in env:
+            values[setting.name] = setting.parse(env[setting.env], f"environment {setting.env}")
+            sources[setting.name] = f"environment {setting.env}"
+    for name, raw in (cli or {}).items():
+        if raw is None:
+            continue
+        if name not in BY_NAME:
+            raise SettingInvalid(f"unknown setting {name!r} on the command line")
+        values[name] = BY_NAME[name].parse(raw, f"command line {BY_NAME[name].flag}")
+        sources[name] = f"command line {BY_NAME[name].flag}"
+    return Settings(values, sources)
+
+
+def _read_config_file(path: Path) -> dict:
+    """``key = value`` lines of the ``[glimpse]`` section (the header may be omitted)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise SettingInvalid(f"cannot read {path}: {exc.strerror}") from None
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read_string(text if text.lstrip().startswith("[") else "[glimpse]\n" + text, source=str(path))
+    except configparser.Error as exc:
+        raise SettingInvalid(f"{path}: not a valid configuration file: {exc}") from None
+    found = {}
+    for section in parser.sections():
+        if section != "glimpse":
+            raise SettingInvalid(f"{path}: unknown section [{section}] (settings go under [glimpse])")
+        for key, raw in parser.items(section):
+            if key not in BY_NAME:
+                raise SettingInvalid(f"{path}: unknown setting {key!r}")
+            found[key] = raw
+    return found
+
+
+def add_arguments(parser, names: tuple[str, ...]) -> None:
+    """Add ``--flag`` options for ``names`` to an argparse parser (defaults left to :func:`load`)."""
+    for name in names:
+        setting = BY_NAME[name]
+        default = setting.default if setting.default != "" else "unset"
+        kwargs = {"dest": name, "default": None, "metavar": setting.type.upper(),
+                  "help": f"{setting.help} (default {default}; env {setting.env})"}
+        if setting.choices:
+            kwargs["choices"] = setting.choices
+            kwargs.pop("metavar")
+        parser.add_argument(setting.flag, **kwargs)
+
+
+def describe(settings: Settings) -> str:
+    """``glimpse config``: every effective setting and where it came from."""
+    width = max(len(s.name) for s in SETTINGS)
+    lines = []
+    for setting in SETTINGS:
+        value = settings.values[setting.name]
+        shown = "(set)" if setting.name == "admin_token_sha256" and value else value
+        lines.append(f"{setting.name:<{width}} = {shown!s:<24} # {settings.sources[setting.name]}")
+    return "\n".join(lines)
+
+
+def markdown() -> str:
+    """The body of ``docs/configuration.md``, made from the table."""
+    rows = "\n".join(
+        f"| `{s.name}` | `{s.env}` | `{s.flag}` | {s.type}"
+        f"{' (' + ', '.join(map(str, s.choices)) + ')' if s.choices else ''}"
+        f"{_bounds(s)} | `{s.default!s}` | {s.help} |"
+        for s in SETTINGS
+    )
+    return f"""# Configuration
+
+Glimpse reads its settings in layers, each overriding the one before:
+
+1. the defaults below;
+2. the file `/etc/glimpse/glimpse.conf` (another with `GLIMPSE_CONFIG=PATH`): `key = value` lines,
+   optionally under a `[glimpse]` header;
+3. the environment: `GLIMPSE_<KEY>`;
+4. the command line of `glimpse serve`: `--key-with-dashes VALUE`.
+
+`glimpse config` prints the effective value of every setting and where it came from. A bad value or an
+unknown key stops start-up with a message naming the key and its source.
+
+Booleans accept 1/0, true/false, yes/no, on/off.
+
+| key | environment | flag | type | default | meaning |
+|---|---|---|---|---|---|
+{rows}
+
+This file is generated from `device/settings.py` (`python -m device.settings > docs/configuration.md`);
+a test checks that it is current.
+"""
+
+
+def _bounds(setting: Setting) -> str:
+    if setting.minimum is None and setting.maximum is None:
+        return ""
+    return f", {setting.minimum:g}..{setting.maximum:g}"
+
+
+if __name__ == "__main__":
+    print(markdown(), end="")
