@@ -11,7 +11,18 @@ HOST        ?= 127.0.0.1
 PORT        ?= 8080
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-device test-host models bench clean
+.PHONY: demo test test-device test-host models bench system-deps clean
+
+# Debian packages the tests use as users have them: headless Chromium and its
+# driver for the browser test, systemd-analyze for the unit file.
+SYSTEM_DEPS := /usr/bin/chromium:chromium /usr/bin/chromedriver:chromium-driver /usr/bin/systemd-analyze:systemd
+system-deps:
+	@missing=""; for dep in $(SYSTEM_DEPS); do [ -x "$${dep%%:*}" ] || missing="$$missing $${dep##*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi; \
+	fi
 
 # The device side: what a Pi installs (LiteRT pinned to the version proven on its CPU). No PyTorch.
 $(VENV)/.installed-demo: setup.cfg pyproject.toml
@@ -39,7 +50,7 @@ demo: $(VENV)/.installed-demo
 
 test: test-device test-host
 
-test-device: $(VENV)/.installed-test
+test-device: $(VENV)/.installed-test system-deps
 	$(VENV)/bin/python -m pytest -m "not host" $(PYTEST_ARGS)
 
 test-host: $(HOST_VENV)/.installed

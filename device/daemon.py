@@ -153,8 +153,11 @@ class Daemon:
 
         self.load()
         settings = self.settings
+        # A deep listen backlog: with the default of 5, a burst of new connections
+        # overflows it and clients stall a whole SYN retransmit (1 s).
         server = wsgi.Server((settings.host, settings.port), create_app(self), numthreads=settings.threads,
-                             server_name="glimpse", shutdown_timeout=settings.shutdown_timeout)
+                             server_name="glimpse", shutdown_timeout=settings.shutdown_timeout,
+                             request_queue_size=128)
         server.prepare()  # binds and listens: from here a request can be answered
         wake = threading.Event()
         requests = {"stop": False, "reload": False}
