@@ -58,9 +58,9 @@ class Daemon:
             raise GlimpseError("no bundle is loaded yet")
         return searcher
 
-    def _open(self, bundle_dir: Path) -> Searcher:
+    def _open(self, bundle_dir: Path, verify: str | None = None) -> Searcher:
         return Searcher.create_from_options(SearcherOptions(
-            bundle_dir=bundle_dir, verify=self.settings.verify,
+            bundle_dir=bundle_dir, verify=verify or self.settings.verify,
             num_threads=self.settings.model_threads, max_query_chars=self.settings.max_query_chars,
         ))
 
@@ -101,10 +101,10 @@ class Daemon:
             try:
                 if bundle_name is not None:
                     target = self._bundle_by_name(bundle_name)
-                    searcher = self._open(target)
+                    searcher = self._open(target, verify="full")  # a new bundle is checked in full
                     _switch_link(Path(self.settings.data_dir) / CURRENT_LINK, target)
                 else:
-                    searcher = self._open(self.settings.bundle_dir())
+                    searcher = self._open(self.settings.bundle_dir(), verify="full")
             except GlimpseError as exc:
                 self.metrics.reloads.labels(result="refused").inc()
                 log.error("reload refused, still serving %s: %s", previous, exc)

@@ -114,8 +114,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("port", 8080, "int", "TCP port of the web server.", minimum=1, maximum=65535),
     Setting("threads", 4, "int", "Request threads; 2-4 suit a Raspberry Pi's 4 cores.", minimum=1, maximum=64),
     Setting("model_threads", 1, "int", "Threads of the text tower's interpreter.", minimum=1, maximum=16),
-    Setting("verify", "full", "str",
-            "Bundle check before serving: full hashes every file, quick checks sizes and parsed files.",
+    Setting("verify", "quick", "str",
+            "Bundle check at start-up: quick hashes all but thumbnails, previews and embeddings "
+            "(checked by size), so a large bundle starts fast; full hashes every file. "
+            "A reload always verifies the new bundle in full.",
             choices=("full", "quick")),
     Setting("page_size", 24, "int", "Results per page in the web UI.", minimum=1, maximum=200),
     Setting("max_query_chars", 500, "int", "Longest query accepted, in characters.", minimum=10, maximum=10000),

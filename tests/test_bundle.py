@@ -171,7 +171,7 @@ def test_altered_thumbnail_caught_by_full_only(copy_bundle, bundle):
 
     with pytest.raises(BundleInvalid, match=rf"file {thumb} was altered \(sha256 mismatch\)"):
         Bundle.open(path, verify="full")
-    # Documented: quick checks sizes and hashes only manifest, items and model spec.
+    # Documented: quick checks thumbnails, previews and embeddings by size only.
     assert len(Bundle.open(path, verify="quick")) == 8
 
 
