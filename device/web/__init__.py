@@ -102,10 +102,16 @@ def create_app(daemon) -> Flask:
     @app.get("/")
     def index():
         query = request.args.get("q", "")
-        if not query.strip():
+        if not query.strip():  # the start page: browse the library
             searcher = g.searcher
-            return render_template("index.html", query="", results=[], browse=searcher.bundle.items[:settings.page_size],
-                                   error=None, page=0, more=False, filters=Filters(), folders=searcher.folders(),
+            size = settings.page_size
+            try:
+                page = _page()
+            except QueryInvalid:
+                page = 0
+            items = searcher.bundle.items[page * size:(page + 1) * size + 1]
+            return render_template("index.html", query="", results=[], browse=items[:size], error=None, page=page,
+                                   more=len(items) > size, filters=Filters(), folders=searcher.folders(),
                                    bundle=searcher.bundle, version=__version__, args=request.args)
 
         def run(searcher, k, offset, filters):

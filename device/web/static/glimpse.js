@@ -6,6 +6,9 @@
   var input = document.getElementById("q");
   var grid = document.getElementById("results");
   var status = document.getElementById("status");
+  var root = document.body.getAttribute("data-root") || "/";
+  // Only the search page updates in place; other pages submit the form as usual.
+  if (document.body.getAttribute("data-instant") !== "1") { return; }
   if (!form || !input || !grid || !status || !window.fetch || !window.URLSearchParams) { return; }
   var timer = null;
   var latest = 0;
@@ -27,9 +30,9 @@
     var li = document.createElement("li");
     li.className = "card";
     var a = document.createElement("a");
-    a.href = "items/" + encodeURIComponent(r.id) + "?score=" + r.score.toFixed(4) + "&q=" + encodeURIComponent(q);
+    a.href = root + "items/" + encodeURIComponent(r.id) + "?score=" + r.score.toFixed(4) + "&q=" + encodeURIComponent(q);
     var img = document.createElement("img");
-    img.src = "thumbs/" + encodeURIComponent(r.id);
+    img.src = root + "thumbs/" + encodeURIComponent(r.id);
     img.alt = r.path;
     img.loading = "lazy";
     var name = document.createElement("span");
@@ -59,7 +62,7 @@
     if (!q) { return; }
     var ticket = ++latest;
     var p = params(q, offset);
-    fetch("api/search?" + p.toString()).then(function (response) {
+    fetch(root + "api/search?" + p.toString()).then(function (response) {
       return response.json().then(function (body) { return { ok: response.ok, body: body }; });
     }).then(function (res) {
       if (ticket !== latest) { return; }  // a newer query has been typed meanwhile
