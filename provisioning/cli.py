@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from device.errors import GlimpseError
+from provisioning.build import BuildInterrupted
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,7 +49,13 @@ def _build_options(parser) -> None:
                         help="thumbnail and preview format")
     parser.add_argument("--preview-size", type=int, default=1280,
                         help="longest side of the display copy on the photo page (default 1280; 0: none)")
-    parser.add_argument("--workers", type=int, default=0, help="decoding processes (default: CPU count)")
+    parser.add_argument("--originals", choices=["none", "copy"], default="none",
+                        help="copy the original photos into the bundle (default: none, thumbnails and previews only)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="decoding and embedding processes (default: CPU count)")
+    parser.add_argument("--cache-dir", type=Path,
+                        help="build cache: embeddings and thumbnails of photos seen before (default ~/.cache/glimpse)")
+    parser.add_argument("--no-cache", action="store_true", help="neither read nor write the build cache")
     parser.add_argument("--force", action="store_true", help="replace the output bundle if it exists")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
 
@@ -62,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"glimpse-provision: error: {exc}", file=sys.stderr)
-        return 2
+        return 130 if isinstance(exc, BuildInterrupted) else 2
     except KeyboardInterrupt:
         print("glimpse-provision: interrupted; nothing was written", file=sys.stderr)
         return 130
@@ -73,10 +80,12 @@ def _run_build(args, images: Path) -> int:
 
     report = build(BuildOptions(images=images, out=args.out, model_dir=args.model,
                                 thumb_size=args.thumb_size, thumb_format=args.thumb_format,
-                                preview_size=args.preview_size,
+                                preview_size=args.preview_size, originals=args.originals,
+                                cache_dir=args.cache_dir, use_cache=not args.no_cache,
                                 workers=args.workers, force=args.force, progress=not args.quiet))
     print(f"bundle {report['bundle_id']}: {report['items']} photos in {args.out} "
-          f"({report['seconds']}s, model {report['model']})")
+          f"({report['seconds']}s, {report['embedded']} embedded, {report['from_cache']} from the cache, "
+          f"model {report['model']})")
     if report["duplicates"]:
         print(f"{len(report['duplicates'])} duplicate files kept once")
     for entry in report["skipped"]:

@@ -6,9 +6,11 @@ Tests marked ``host`` need PyTorch and litert-torch and run in ``.venv-host``
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,16 @@ LIBRARY_PHOTOS = {
     "moon.png": "space/moon.png",
     "brick.png": "brick-wall.png",
 }
+
+
+def pytest_configure(config):
+    # Builds cache embeddings under $XDG_CACHE_HOME; keep the tests' cache out of
+    # the user's (subprocesses inherit this).
+    os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="glimpse-test-cache-")
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(os.environ.get("XDG_CACHE_HOME", ""), ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

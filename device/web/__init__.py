@@ -158,6 +158,15 @@ def create_app(daemon) -> Flask:
         item = _item_or_404(searcher, item_id)
         return send_file(searcher.bundle.file(item.preview or item.thumb), max_age=86400, conditional=True)
 
+    @app.get("/originals/<item_id>")
+    def original(item_id: str):
+        searcher = g.searcher
+        item = _item_or_404(searcher, item_id)
+        if not item.original:
+            abort(404, description="this bundle does not carry the original")
+        return send_file(searcher.bundle.file(item.original), max_age=86400, conditional=True,
+                         as_attachment=True, download_name=item.name)
+
     # --- JSON API (docs/openapi.json) -------------------------------------------------
 
     def _api_page() -> tuple[int, int]:
