@@ -101,8 +101,12 @@ class Daemon:
             try:
                 if bundle_name is not None:
                     target = self._bundle_by_name(bundle_name)
+                    link = Path(self.settings.data_dir) / CURRENT_LINK
+                    if link.exists() and not link.is_symlink():
+                        raise GlimpseError(f"{link} is a directory, not a link: move it under "
+                                           f"{Path(self.settings.data_dir) / BUNDLES_DIR} and link it")
                     searcher = self._open(target, verify="full")  # a new bundle is checked in full
-                    _switch_link(Path(self.settings.data_dir) / CURRENT_LINK, target)
+                    _switch_link(link, target)
                 else:
                     searcher = self._open(self.settings.bundle_dir(), verify="full")
             except GlimpseError as exc:
@@ -203,15 +207,20 @@ class Daemon:
 
 
 def _switch_link(link: Path, target: Path) -> None:
-    """Point ``link`` at ``target`` atomically (a new link renamed over the old)."""
+    """Point ``link`` at ``target`` atomically (a new link renamed over the old).
+
+    Raises:
+        GlimpseError: the link cannot be written (read-only or full disk...).
+    """
     tmp = link.with_name(f".{link.name}.{os.getpid()}")
     try:
-        tmp.unlink()
-    except FileNotFoundError:
-        pass
-    # A relative target keeps the data directory relocatable.
-    os.symlink(os.path.relpath(target, link.parent), tmp)
-    os.replace(tmp, link)
+        tmp.unlink(missing_ok=True)
+        # A relative target keeps the data directory relocatable.
+        os.symlink(os.path.relpath(target, link.parent), tmp)
+        os.replace(tmp, link)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise GlimpseError(f"cannot switch {link} to {target.name}: {exc.strerror}") from None
 
 
 def _parse_time(text) -> float | None:

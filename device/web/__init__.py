@@ -14,7 +14,7 @@ import logging
 import time
 from urllib.parse import urlencode
 
-from flask import Flask, Response, abort, g, jsonify, render_template, request, send_file, url_for
+from flask import Flask, Response, abort, g, jsonify, redirect, render_template, request, send_file, url_for
 from werkzeug.exceptions import HTTPException
 
 from device import __version__
@@ -102,17 +102,20 @@ def create_app(daemon) -> Flask:
     @app.get("/")
     def index():
         query = request.args.get("q", "")
-        if not query.strip():  # the start page: browse the library
+        if not query.strip():  # the start page: browse the library, filtered by folder and date
             searcher = g.searcher
             size = settings.page_size
+            error, page, filters = None, 0, Filters()
             try:
                 page = _page()
-            except QueryInvalid:
-                page = 0
-            items = searcher.bundle.items[page * size:(page + 1) * size + 1]
-            return render_template("index.html", query="", results=[], browse=items[:size], error=None, page=page,
-                                   more=len(items) > size, filters=Filters(), folders=searcher.folders(),
-                                   bundle=searcher.bundle, version=__version__, args=request.args)
+                filters = _filters()
+            except QueryInvalid as exc:
+                error = str(exc)
+            listed = [item for item in searcher.bundle.items if filters.admits(item)]
+            items = listed[page * size:(page + 1) * size + 1]
+            return render_template("index.html", query="", results=[], browse=items[:size], error=error, page=page,
+                                   more=len(items) > size, filters=filters, folders=searcher.folders(),
+                                   bundle=searcher.bundle, version=__version__, args=request.args), (400 if error else 200)
 
         def run(searcher, k, offset, filters):
             results = searcher.search(query, k=k, offset=offset, filters=filters)
@@ -135,6 +138,8 @@ def create_app(daemon) -> Flask:
     @app.get("/similar/<item_id>")
     def similar_page(item_id: str):
         item = _item_or_404(g.searcher, item_id)
+        if request.args.get("q", "").strip():  # a text search typed on this page
+            return redirect(url_for("index", **request.args.to_dict(flat=True)))
 
         def run(searcher, k, offset, filters):
             results = searcher.similar(item.id, k=k, offset=offset, filters=filters)
@@ -271,8 +276,8 @@ def _require_admin(settings) -> None:
     """Admin calls need the bearer token (when one is set) or come from loopback."""
     expected = settings.admin_token_sha256
     if expected:
-        header = request.headers.get("Authorization", "")
-        token = header[7:] if header.startswith("Bearer ") else ""
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        token = token.strip() if scheme.lower() == "bearer" else ""  # schemes are case-insensitive
         digest = hashlib.sha256(token.encode()).hexdigest()
         if not token or not hmac.compare_digest(digest, expected.lower()):
             abort(401, description="admin calls need Authorization: Bearer TOKEN")
