@@ -256,7 +256,7 @@ def _read_items(path: Path, manifest: dict) -> list[Item]:
     fields = {f.name for f in dataclasses.fields(Item)}
     try:
         with open(path / ITEMS, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
+            for line in handle:
                 doc = json.loads(line)
                 if not isinstance(doc, dict):
                     raise ValueError("not an object")

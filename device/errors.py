@@ -6,7 +6,13 @@ the matching built-in, so callers may catch either.
 
 
 class GlimpseError(Exception):
-    """Root of every error Glimpse raises on purpose."""
+    """Root of every error Glimpse raises on purpose.
+
+    Attributes:
+        exit_status: what a command line exits with when this error ends it.
+    """
+
+    exit_status = 2
 
 
 class BundleInvalid(GlimpseError, ValueError):

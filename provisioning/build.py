@@ -39,6 +39,8 @@ class BuildFailed(GlimpseError, RuntimeError):
 class BuildInterrupted(GlimpseError, RuntimeError):
     """Ctrl-C during a build; the cache keeps what was done."""
 
+    exit_status = 130
+
 
 @dataclasses.dataclass
 class BuildOptions:
@@ -258,7 +260,7 @@ def _embed_all(unique: dict, model_dir: Path, spec, options: BuildOptions, cache
         (work / bundle_format.ORIGINALS).mkdir()
     results: dict[str, _Processed] = {}
     todo = []
-    for digest, (relative, path) in unique.items():
+    for digest in unique:
         hit = _from_cache(cache, digest, options, suffix) if cache else None
         if hit is not None:
             results[digest] = hit

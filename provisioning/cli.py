@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
-from device.errors import GlimpseError
-from provisioning.build import BuildInterrupted
+from device.cli import run_command
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,16 +61,7 @@ def _build_options(parser) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``glimpse-provision``; returns the exit status."""
     args = _parser().parse_args(argv)
-    try:
-        return _COMMANDS[args.command](args)
-    except GlimpseError as exc:
-        if args.debug:
-            raise
-        print(f"glimpse-provision: error: {exc}", file=sys.stderr)
-        return 130 if isinstance(exc, BuildInterrupted) else 2
-    except KeyboardInterrupt:
-        print("glimpse-provision: interrupted; nothing was written", file=sys.stderr)
-        return 130
+    return run_command("glimpse-provision", _COMMANDS[args.command], args)
 
 
 def _run_build(args, images: Path) -> int:
