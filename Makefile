@@ -46,7 +46,8 @@ demo: $(VENV)/.installed-demo
 	  { echo "Building the demo bundle from scikit-image's photographs (first run only)..."; \
 	    $(VENV)/bin/glimpse-provision demo --out $(DEMO_BUNDLE) --force; }
 	@echo "Open http://$(HOST):$(PORT)/ in a browser (Ctrl-C stops)."
-	$(VENV)/bin/glimpse serve --bundle $(DEMO_BUNDLE) --host $(HOST) --port $(PORT)
+	$(VENV)/bin/glimpse serve --bundle $(DEMO_BUNDLE) --host $(HOST) --port $(PORT) \
+	  --data-dir var/demo-data --ingest on
 
 test: test-device test-host
 

@@ -137,6 +137,9 @@ class Bundle:
         except (KeyError, TypeError):
             raise ItemNotFound(f"no item with id {item_id!r}") from None
 
+    def __contains__(self, item_id) -> bool:
+        return item_id in self._rows
+
     def item(self, item_id: str) -> Item:
         """The :class:`Item` with ``item_id``; raises :class:`ItemNotFound`."""
         return self.items[self.row(item_id)]

@@ -17,6 +17,7 @@ import datetime as _dt
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -49,6 +50,14 @@ class Daemon:
         self.started = time.time()
         self._searcher: Searcher | None = None
         self._reload_lock = threading.Lock()
+        # On-device ingest (see device/ingest.py); None when off.
+        self.ingest_store = None
+        self.delta = None
+        self.ingestor = None
+        self.watcher = None
+        self._image_encoder = None
+        self._encoder_lock = threading.Lock()
+        self._stopping = threading.Event()
 
     @property
     def searcher(self) -> Searcher:
@@ -75,6 +84,18 @@ class Daemon:
         return searcher
 
     def _install(self, searcher: Searcher) -> None:
+        if self.delta is not None:
+            model = searcher.bundle.spec.full_id
+            if model != self.delta.model:  # a bundle with another model: added photos are embedded again
+                requeued = self.ingest_store.requeue_other_models(model)
+                log.info("new model %s: %d added photos queued to be embedded again", model, requeued)
+                self.delta.model = model
+                self.delta.refresh()
+                with self._encoder_lock:
+                    self._image_encoder = None
+                if self.ingestor:
+                    self.ingestor.wake()
+            searcher.delta = self.delta
         self._searcher = searcher
         self.metrics.bundle_loaded(searcher.bundle)
         log.info("serving bundle %s: %d photos, model %s", searcher.bundle.id, len(searcher.bundle),
@@ -119,6 +140,65 @@ class Daemon:
             self.notifier.ready(f"serving {searcher.bundle.id}")
             return {"bundle_id": searcher.bundle.id, "previous": previous}
 
+    def start_ingest(self) -> bool:
+        """Open the ingest store and start the worker (and the folder watcher), as the settings say.
+
+        Returns:
+            Whether ingest is on. When it cannot start (a read-only data
+            directory...), the daemon serves without it and logs why.
+        """
+        from device.ingest import DeltaLayer, FolderWatcher, IngestStore, Ingestor
+
+        mode = self.settings.ingest
+        if mode == "off" or (mode == "auto" and self.settings.bundle):
+            log.info("adding photos on the device is off (ingest=%s)", mode)
+            return False
+        try:
+            self.ingest_store = IngestStore(Path(self.settings.data_dir))
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("adding photos on the device is off: cannot use %s: %s", self.settings.data_dir, exc)
+            return False
+        model = self.searcher.bundle.spec.full_id
+        requeued = self.ingest_store.requeue_other_models(model)
+        if requeued:
+            log.info("%d added photos queued to be embedded with %s", requeued, model)
+        self.delta = DeltaLayer(self.ingest_store, model)
+        self.searcher.delta = self.delta
+        self.ingestor = Ingestor(self.ingest_store, self._encoder_for_ingest, self.delta.refresh)
+        self.ingestor.start()
+        if self.settings.watch_dir:
+            self.watcher = FolderWatcher(self.ingest_store, Path(self.settings.watch_dir), self._added)
+            threading.Thread(target=self._watch, name="watch", daemon=True).start()
+        log.info("adding photos on the device is on: %d added photos searchable, %d queued",
+                 len(self.delta), self.ingest_store.counts()["queued"])
+        return True
+
+    def _encoder_for_ingest(self):
+        """The image tower of the model being served, loaded on first use."""
+        from device.encoders import EncoderOptions, ImageEncoder
+
+        with self._encoder_lock:
+            bundle = self.searcher.bundle
+            if self._image_encoder is None or self._image_encoder.spec.full_id != bundle.spec.full_id:
+                self._image_encoder = ImageEncoder.create_from_options(
+                    EncoderOptions(model_dir=bundle.model_dir, num_threads=1, verify=False))
+            return self._image_encoder
+
+    def _added(self) -> None:
+        """New work for the ingest worker."""
+        self.delta.refresh()
+        if self.ingestor:
+            self.ingestor.wake()
+
+    def _watch(self) -> None:
+        stop = self._stopping
+        while not stop.is_set():
+            try:
+                self.watcher.scan()
+            except Exception:  # noqa: BLE001 - a bad scan must not stop the watching
+                log.exception("scanning %s failed", self.settings.watch_dir)
+            stop.wait(self.settings.watch_interval)
+
     def _bundle_by_name(self, name: str) -> Path:
         bundles = Path(self.settings.data_dir) / BUNDLES_DIR
         if not name or "/" in name or name in {".", ".."} or name.startswith("."):
@@ -130,6 +210,12 @@ class Daemon:
         searcher = self.searcher
         bundle = searcher.bundle
         created = _parse_time(bundle.manifest.get("created"))
+        ingest = {"enabled": self.ingest_store is not None}
+        if self.ingest_store is not None:
+            ingest.update(self.ingest_store.counts())
+            ingest["searchable"] = len(self.delta)
+            ingest["worker_alive"] = self.ingestor.alive
+            ingest["watching"] = self.settings.watch_dir or None
         return {
             "status": "ok",
             "version": _version(),
@@ -142,6 +228,7 @@ class Daemon:
             "index": bundle.manifest.get("index", {"kind": "exact"}),
             "uptime_seconds": round(time.time() - self.started, 1),
             "queries": int(self.metrics.total_queries()),
+            "ingest": ingest,
         }
 
     def serve(self) -> int:
@@ -156,6 +243,7 @@ class Daemon:
         from device.web import create_app
 
         self.load()
+        self.start_ingest()
         settings = self.settings
         # A deep listen backlog: with the default of 5, a burst of new connections
         # overflows it and clients stall a whole SYN retransmit (1 s).
@@ -196,10 +284,15 @@ class Daemon:
                     break
                 self.notifier.watchdog()
         finally:
+            self._stopping.set()
             self.notifier.stopping()
             log.info("stopping: finishing requests in flight (up to %ss)", settings.shutdown_timeout)
             server.stop()  # closes the socket, waits for worker threads to finish
             thread.join(timeout=settings.shutdown_timeout + 5)
+            if self.ingestor:
+                self.ingestor.stop()  # finishes the photo in hand; queued ones wait for the next start
+            if self.ingest_store:
+                self.ingest_store.close()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             log.info("stopped")

@@ -116,6 +116,36 @@ def _register_heif() -> None:
         _heif_registered = True
 
 
+def check_photo_bytes(data: bytes, name: str = "upload", max_pixels: int = MAX_PIXELS) -> str:
+    """Check that ``data`` is an image Pillow can read, without decoding its pixels.
+
+    Returns:
+        Pillow's format name (``JPEG``, ``PNG``, ``HEIF``...).
+
+    Raises:
+        ImageUnreadable: empty, not an image, or over ``max_pixels`` (a decompression bomb).
+    """
+    import io
+
+    _register_heif()
+    if not data:
+        raise ImageUnreadable(f"{name}: empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+                fmt = img.format or "unknown"
+    except Image.DecompressionBombError:
+        raise ImageUnreadable(f"{name}: refused as a decompression bomb") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):
+        raise ImageUnreadable(f"{name}: not an image Pillow can read") from None
+    if width * height > max_pixels:
+        raise ImageUnreadable(f"{name}: {width}x{height} pixels is over the limit of {max_pixels}; "
+                              "refused as a decompression bomb")
+    return fmt
+
+
 def _exif_date(img: Image.Image) -> str | None:
     """EXIF DateTimeOriginal (else DateTime) as ISO 8601, or None when absent or malformed."""
     try:

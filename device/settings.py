@@ -129,6 +129,19 @@ SETTINGS: tuple[Setting, ...] = (
             "Empty: admin calls are accepted from loopback only."),
     Setting("shutdown_timeout", 10.0, "float",
             "Seconds SIGTERM waits for requests in flight before exiting.", minimum=0.0, maximum=300.0),
+    Setting("ingest", "auto", "str",
+            "Adding photos on the device (upload, watched folder, glimpse ingest): on, off, or auto "
+            "(on when serving DATA_DIR/current, off with an explicit --bundle). State lives in DATA_DIR.",
+            choices=("auto", "on", "off")),
+    Setting("watch_dir", "", "path",
+            "A folder to watch for new photos (a USB stick's mount point, a network share); empty: none."),
+    Setting("watch_interval", 10.0, "float", "Seconds between two scans of the watched folder.",
+            minimum=1.0, maximum=3600.0),
+    Setting("max_upload_mb", 50, "int", "Largest upload accepted, in megabytes (all files of one request).",
+            minimum=1, maximum=2048),
+    Setting("ingest_queue_max", 1000, "int",
+            "Photos waiting to be embedded before uploads are refused with 503 (try again later).",
+            minimum=1, maximum=1_000_000),
     Setting("log_level", "info", "str", "Log level.", choices=("debug", "info", "warning", "error")),
 )
 

@@ -36,9 +36,15 @@ def create_app(daemon) -> Flask:
             ``settings``, ``metrics``, ``status()`` and ``reload()``).
     """
     app = Flask(__name__)
+    # Uploads: one request carries at most this much (Flask answers 413 beyond it).
+    app.config["MAX_CONTENT_LENGTH"] = daemon.settings.max_upload_mb * 1024 * 1024
     app.json.sort_keys = False  # keep rank, id, path, score first, as the CLI prints them
     app.json.ensure_ascii = False
     settings = daemon.settings
+
+    @app.context_processor
+    def _globals():
+        return {"ingest_on": daemon.ingest_store is not None}
 
     @app.template_filter("urlencode_page")
     def _urlencode_page(args, page: int) -> str:
@@ -111,7 +117,7 @@ def create_app(daemon) -> Flask:
                 filters = _filters()
             except QueryInvalid as exc:
                 error = str(exc)
-            listed = [item for item in searcher.bundle.items if filters.admits(item)]
+            listed = [item for item in searcher.all_items() if filters.admits(item)]
             items = listed[page * size:(page + 1) * size + 1]
             return render_template("index.html", query="", results=[], browse=items[:size], error=error, page=page,
                                    more=len(items) > size, filters=filters, folders=searcher.folders(),
@@ -155,13 +161,13 @@ def create_app(daemon) -> Flask:
     def thumb(item_id: str):
         searcher = g.searcher
         item = _item_or_404(searcher, item_id)
-        return send_file(searcher.bundle.file(item.thumb), max_age=86400, conditional=True)
+        return send_file(searcher.file(item.thumb), max_age=86400, conditional=True)
 
     @app.get("/images/<item_id>")
     def image(item_id: str):
         searcher = g.searcher
         item = _item_or_404(searcher, item_id)
-        return send_file(searcher.bundle.file(item.preview or item.thumb), max_age=86400, conditional=True)
+        return send_file(searcher.file(item.preview or item.thumb), max_age=86400, conditional=True)
 
     @app.get("/originals/<item_id>")
     def original(item_id: str):
@@ -169,8 +175,67 @@ def create_app(daemon) -> Flask:
         item = _item_or_404(searcher, item_id)
         if not item.original:
             abort(404, description="this bundle does not carry the original")
-        return send_file(searcher.bundle.file(item.original), max_age=86400, conditional=True,
+        return send_file(searcher.file(item.original), max_age=86400, conditional=True,
                          as_attachment=True, download_name=item.name)
+
+    # --- adding photos on the device (device/ingest.py) --------------------------------
+
+    def _store():
+        if daemon.ingest_store is None:
+            abort(404, description="adding photos on this device is off (setting ingest)")
+        return daemon.ingest_store
+
+    def _upload(files) -> list[dict]:
+        """Store each uploaded file durably; a result per file (never all-or-nothing)."""
+        from device.ingest import IngestBusy, IngestRefused
+
+        store = _store()
+        if not files:
+            raise QueryInvalid("no files: send them as multipart form field 'files'")
+        if store.counts()["queued"] >= settings.ingest_queue_max:
+            raise IngestBusy(f"{settings.ingest_queue_max} photos are waiting to be added; try again later")
+        results = []
+        for upload in files:
+            name = upload.filename or "photo"
+            data = upload.read()
+            try:
+                added = store.add_upload(name, data)
+            except IngestRefused as exc:
+                results.append({"name": name, "status": "refused", "reason": str(exc)})
+                continue
+            results.append({"name": name, "status": added.status, "id": added.id, "path": added.path})
+        daemon.metrics.added.inc(sum(1 for r in results if r["status"] == "queued"))
+        if daemon.ingestor:
+            daemon.ingestor.wake()
+        return results
+
+    @app.get("/add")
+    def add_page():
+        store = _store()
+        return render_template("add.html", counts=store.counts(), needs_token=bool(settings.admin_token_sha256),
+                               results=None, max_mb=settings.max_upload_mb, bundle=g.searcher.bundle,
+                               version=__version__, query="")
+
+    @app.post("/add")
+    def add_form():
+        store = _store()
+        _require_admin(settings)
+        results = _upload(request.files.getlist("files"))
+        return render_template("add.html", counts=store.counts(), needs_token=bool(settings.admin_token_sha256),
+                               results=results, max_mb=settings.max_upload_mb, bundle=g.searcher.bundle,
+                               version=__version__, query=""), 202
+
+    @app.post("/api/admin/upload")
+    def api_upload():
+        _require_admin(settings)
+        return jsonify(_upload(request.files.getlist("files"))), 202
+
+    @app.delete("/api/admin/items/<item_id>")
+    def api_remove(item_id: str):
+        _require_admin(settings)
+        _store().remove(item_id)
+        daemon.delta.refresh()
+        return jsonify({"removed": item_id})
 
     # --- JSON API (docs/openapi.json) -------------------------------------------------
 
@@ -204,7 +269,7 @@ def create_app(daemon) -> Flask:
 
     @app.get("/api/items/<item_id>")
     def api_item(item_id: str):
-        item = g.searcher.bundle.item(item_id)
+        item = g.searcher.item(item_id)
         return jsonify({**item.to_json(), "folder": item.folder, "name": item.name,
                         "thumb_url": url_for("thumb", item_id=item.id),
                         "image_url": url_for("image", item_id=item.id)})
@@ -245,6 +310,16 @@ def create_app(daemon) -> Flask:
     def _bad_query(exc):
         return jsonify({"error": str(exc)}), 400
 
+    @app.errorhandler(GlimpseError)
+    def _busy_or_refused(exc):
+        from device.ingest import IngestBusy
+
+        status = 503 if isinstance(exc, IngestBusy) else 400
+        response = jsonify({"error": str(exc)})
+        if status == 503:
+            response.headers["Retry-After"] = "30"
+        return response, status
+
     @app.errorhandler(ItemNotFound)
     def _not_found(exc):
         if request.path.startswith("/api/"):
@@ -267,17 +342,23 @@ def create_app(daemon) -> Flask:
 
 def _item_or_404(searcher, item_id: str):
     try:
-        return searcher.bundle.item(item_id)
+        return searcher.item(item_id)
     except ItemNotFound:
         abort(404)
 
 
 def _require_admin(settings) -> None:
-    """Admin calls need the bearer token (when one is set) or come from loopback."""
+    """Admin calls need the token (when one is set) or come from loopback.
+
+    The token comes as ``Authorization: Bearer TOKEN`` or, from the upload form,
+    as a ``token`` field; only its sha256 is stored in the settings.
+    """
     expected = settings.admin_token_sha256
     if expected:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         token = token.strip() if scheme.lower() == "bearer" else ""  # schemes are case-insensitive
+        if not token and request.mimetype == "multipart/form-data":
+            token = request.form.get("token", "")
         digest = hashlib.sha256(token.encode()).hexdigest()
         if not token or not hmac.compare_digest(digest, expected.lower()):
             abort(401, description="admin calls need Authorization: Bearer TOKEN")
