@@ -24,7 +24,7 @@ from PIL import Image, ImageOps, ImageStat
 from conftest import REPO
 from device import settings
 from device.daemon import Daemon
-from device.errors import HardwareInvalid
+from device.errors import GlimpseError, HardwareInvalid
 from device.hw import HardwareOptions, NullHardware, open_hardware
 from device.hw.display import Display, FrameLimiter, Screen, layout, render
 from device.hw.factory import split_queries
@@ -76,6 +76,7 @@ class Rig:
         self.device = dummy(width=display[0], height=display[1], mode=display[2]) if display else None
         self.panel = Panel(self.daemon, HardwareOptions.from_settings(self.daemon.settings), wake=self.woken.set,
                            clock=self.clock, address=lambda: "192.168.1.20:8080", display_device=self.device)
+        self.daemon.panel = self.panel  # as Daemon.serve does: reloads report to it
         self.panel.post("ready")
         self.later()
 
@@ -290,12 +291,21 @@ def test_light_blinks_while_starting_is_on_when_ready_and_flickers_while_searchi
     assert led.state == 0  # closed: off
 
 
-def test_rgb_light_shows_colours(rig):
+def test_rgb_light_is_green_white_while_searching_and_red_after_a_refused_reload(rig):
     r = rig(led_pin=",".join(map(str, RGB)), display=None)
     red, green, blue = (r.pin(n) for n in RGB)
     assert (red.state, green.state, blue.state) == (0, 1, 0)  # ready: green
-    r.panel.post("error")
+    assert r.panel.describe()["light_state"] == "ready"
+    create_app(r.daemon).test_client().get("/?q=a+cat")  # a search in the web UI
     r.panel.tick()
+    assert r.panel.describe()["light_state"] == "searching"
+    _wait_until(lambda: red.state == green.state == blue.state == 1, timeout=3, what="white")
+    r.later()
+    assert (red.state, green.state, blue.state) == (0, 1, 0)
+    with pytest.raises(GlimpseError):
+        r.daemon.reload("no-such-bundle")
+    r.panel.tick()
+    assert r.panel.describe()["light_state"] == "error"
     _wait_until(lambda: red.state == 1 and green.state == 0, timeout=3, what="red")
     assert blue.state == 0
 
@@ -311,12 +321,21 @@ def _mean(image: Image.Image) -> tuple[float, ...]:
     (128, 64, "1", "ssd1306"), (160, 128, "RGB", "st7735"), (320, 240, "RGB", "ili9341")])
 def test_display_shows_the_address_query_and_a_thumbnail_of_the_result(rig, width, height, mode, model):
     r = rig(display=(width, height, mode))
+    scale = 4 if width < 200 else 2
     starting = render(Screen(address="192.168.1.20:8080", note="Starting"), (width, height), mode)
-    _save(starting, f"display-{model}-{width}x{height}-starting.png", 4 if width < 200 else 2)
+    _save(starting, f"display-{model}-{width}x{height}-starting.png", scale)
+    # Serving, nothing searched yet: the status screen (address, photo count, bundle id).
+    status = r.device.image
+    _save(status, f"display-{model}-{width}x{height}-status.png", scale)
+    assert status.tobytes() == render(Screen(
+        address="192.168.1.20:8080", bundle_id=r.daemon.searcher.bundle.id, items=8,
+        caption="Press for a surprise"), (width, height), mode).tobytes()
+    header = layout((width, height), mode).header
+    assert _mean(status.crop((0, header, width, height)))[0] > 5  # the status lines are drawn
     r.press()
     frame = r.device.image
     assert frame is not None and frame.size == (width, height) and frame.mode == mode
-    path = _save(frame, f"display-{model}-{width}x{height}-result.png", 4 if width < 200 else 2)
+    path = _save(frame, f"display-{model}-{width}x{height}-result.png", scale)
     assert path.exists()
     place = layout((width, height), mode)
     left, top, right, bottom = place.thumb
@@ -480,7 +499,8 @@ def test_daemon_drives_a_mock_button_and_led(tmp_path, bundle_dir):
     # GPIOZERO_PIN_FACTORY=mock: gpiozero's MockFactory in the daemon process.
     status, log = _serve(tmp_path, bundle_dir, {"GPIOZERO_PIN_FACTORY": "mock"},
                          "--button-pin", "17", "--led-pin", "5,6,13")
-    assert status["front_panel"] == {"button": "17", "light": "5,6,13"}
+    # light_state: the main loop told the panel the bundle is served.
+    assert status["front_panel"] == {"button": "17", "light": "5,6,13", "light_state": "ready"}
     lines = [line for line in log.splitlines() if "glimpse.hw" in line]
     assert lines == ["INFO glimpse.hw: front panel: no display (display is none); serving without it"]
     assert "Traceback" not in log

@@ -186,6 +186,9 @@ def render(screen: Screen, size: tuple[int, int], mode: str = "RGB") -> Image.Im
         note_font = _font(max(8, min(32, height // 4)), False)
         draw.text((1, top + 2), _fit(draw, screen.note, note_font, width - 2), font=note_font, fill="white")
         top += _height(note_font) + 4
+    elif not place.pixel_font:
+        # Nothing in front: the status lines have the whole screen, in larger type.
+        font = small = _font(max(8, min(32, height // 6)), False)
     room = width - left - 1
 
     y = top + 1

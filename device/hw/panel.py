@@ -122,8 +122,11 @@ class Panel:
         return max(0.0, min(waits)) if waits else None
 
     def describe(self) -> dict:
-        """The parts in use, for ``/api/status``."""
-        return self.hardware.describe()
+        """The parts in use and the light's state, for ``/api/status``."""
+        found = self.hardware.describe()
+        if self.hardware.has_light:
+            found["light_state"] = "searching" if self._flash_until is not None else self._base
+        return found
 
     def close(self) -> None:
         """Light off, leave a last screen on the display, release the hardware."""
