@@ -66,6 +66,11 @@ class Daemon:
             raise GlimpseError("no bundle is loaded yet")
         return searcher
 
+    @property
+    def serving(self) -> Searcher | None:
+        """The searcher serving now, or ``None`` before the first load (no exception)."""
+        return self._searcher
+
     def _open(self, bundle_dir: Path, verify: str | None = None) -> Searcher:
         return Searcher.create_from_options(SearcherOptions(
             bundle_dir=bundle_dir, verify=verify or self.settings.verify,

@@ -213,8 +213,8 @@ def test_hold_runs_the_shutdown_command_and_the_release_is_not_a_press(rig, tmp_
     button.drive_low()
     r.settle(1)  # woken by gpiozero's hold thread after button_hold_time
     assert r.panel.actions == [("shutdown", tuple(shlex.split(command)))]
-    _wait_until(marker.exists, what="the shutdown command to run")
-    assert marker.read_text() == "bye"
+    # exists() alone could catch the file between its creation and the write
+    _wait_until(lambda: marker.exists() and marker.read_text() == "bye", what="the shutdown command to run")
     assert r.pin(LED_PIN).state == 0  # the light goes off while shutting down
     button.drive_high()  # gpiozero calls when_released in this thread: nothing to wait for
     r.later()

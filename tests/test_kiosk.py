@@ -57,6 +57,7 @@ def test_kiosk_without_a_search_shows_the_library(client, daemon):
     assert "8 photos on this Glimpse" in html
     body = client.get("/api/kiosk").get_json()
     assert body["kind"] == "library" and body["query"] == "" and len(body["slides"]) == 4
+    assert body["title"] == "8 photos on this Glimpse"
 
 
 def test_kiosk_api_follows_web_searches_and_presses(client, daemon):
@@ -67,6 +68,7 @@ def test_kiosk_api_follows_web_searches_and_presses(client, daemon):
     daemon.slideshow.advance()  # what the button does
     body = client.get("/api/kiosk").get_json()
     assert body["position"] == 1 and body["generation"] == generation + 1
+    assert body["title"] == "“space”"
 
 
 @pytest.mark.parametrize("url, reason", [
@@ -165,3 +167,7 @@ def test_kiosk_follows_the_button_and_steps_with_arrow_keys(server, browser, dae
     body.send_keys(Keys.ARROW_LEFT)
     assert _wait_for(lambda: _slide(browser) == ids[0], what="the left arrow")
     assert browser.find_element("id", "query").text == "“space”"
+    daemon.slideshow.clear()  # after a bundle reload: the library again
+    _wait_for(lambda: browser.find_element("id", "query").text == "8 photos on this Glimpse",
+              what="the kiosk to show the library")
+    assert _slide(browser) == daemon.searcher.bundle.items[0].id

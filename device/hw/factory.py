@@ -185,26 +185,27 @@ def open_hardware(options: HardwareOptions, on_event: Callable[[str], None], *, 
     Raises:
         HardwareInvalid: gpiozero does not know a configured pin name.
     """
-    missing: list[str] = []
+    missing: list[str] = []  # parts not configured
+    absent: list[str] = []   # parts configured but not found
     button = status_light = display = None
     if options.button_pin:
-        button = _gpio_part("button", options.button_pin, missing, lambda: _button(options, on_event, pin_factory))
+        button = _gpio_part("button", options.button_pin, absent, lambda: _button(options, on_event, pin_factory))
     else:
         missing.append("no button (button_pin is not set)")
     if options.led_pins:
-        status_light = _gpio_part("status LED", ",".join(options.led_pins), missing,
+        status_light = _gpio_part("status LED", ",".join(options.led_pins), absent,
                                   lambda: _light(options, pin_factory))
     else:
         missing.append("no status LED (led_pin is not set)")
     if display_device is not None or options.display:
-        display = _display(options, display_device, clock, missing)
+        display = _display(options, display_device, clock, absent)
     else:
         missing.append("no display (display is none)")
-    if missing:
-        # The one line the issue promises: what the front panel did not find.
-        level = logging.WARNING if any("not set" not in m and "is none" not in m for m in missing) else logging.INFO
-        log.log(level, "front panel: %s; serving without %s", ", ".join(missing),
-                "them" if len(missing) > 1 else "it")
+    if missing or absent:
+        # One line says what the front panel did not find; a warning if it was configured.
+        parts = absent + missing
+        log.log(logging.WARNING if absent else logging.INFO, "front panel: %s; serving without %s",
+                ", ".join(parts), "them" if len(parts) > 1 else "it")
     if button is None and status_light is None and display is None:
         return NullHardware()
     return GpioHardware(button, status_light, display)
@@ -223,12 +224,12 @@ def _light(options, pin_factory):
     return StatusLight(options.led_pins, active_high=options.led_active_high, pin_factory=pin_factory)
 
 
-def _gpio_part(what: str, pins: str, missing: list[str], build):
-    """``build()``, or ``None`` with the reason added to ``missing`` when the GPIO is not there."""
+def _gpio_part(what: str, pins: str, absent: list[str], build):
+    """``build()``, or ``None`` with the reason added to ``absent`` when the GPIO is not there."""
     try:
         import gpiozero
     except ImportError:
-        missing.append(f"no {what} on {pins} (gpiozero is not installed)")
+        absent.append(f"no {what} on {pins} (gpiozero is not installed)")
         return None
     try:
         return build()
@@ -236,13 +237,13 @@ def _gpio_part(what: str, pins: str, missing: list[str], build):
         setting = "button_pin" if what == "button" else "led_pin"
         raise HardwareInvalid(f"setting {setting}: {pins!r}: {exc}") from None
     except gpiozero.BadPinFactory:
-        missing.append(f"no {what} on {pins} (no GPIO here: no pin library could open the GPIO chip)")
+        absent.append(f"no {what} on {pins} (no GPIO here: no pin library could open the GPIO chip)")
     except (gpiozero.GPIOZeroError, OSError) as exc:
-        missing.append(f"no {what} on {pins} ({exc})")
+        absent.append(f"no {what} on {pins} ({exc})")
     return None
 
 
-def _display(options, device, clock, missing: list[str]) -> Display | None:
+def _display(options, device, clock, absent: list[str]) -> Display | None:
     import time
 
     clock = clock or time.monotonic
@@ -255,10 +256,10 @@ def _display(options, device, clock, missing: list[str]) -> Display | None:
         device = create_device(options.display, options.display_size, options.display_rotate,
                                options.i2c_address, options.spi_device, options.dc_pin, options.reset_pin)
     except ImportError as exc:
-        missing.append(f"no {name} display ({exc.name or 'luma'} is not installed: "
-                       "pip install 'glimpse[hardware]')")
+        absent.append(f"no {name} display ({exc.name or 'luma'} is not installed: "
+                      "pip install 'glimpse[hardware]')")
         return None
     except Exception as exc:  # luma.core.error.Error, OSError, RuntimeError from the GPIO library
-        missing.append(f"no {name} display on {where} ({type(exc).__name__}: {exc})")
+        absent.append(f"no {name} display on {where} ({type(exc).__name__}: {exc})")
         return None
     return Display(device, options.fps, clock, name=name)

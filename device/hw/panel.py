@@ -249,7 +249,7 @@ class Panel:
 
     def _screen(self) -> Screen:
         showing = self.daemon.slideshow.snapshot()
-        searcher = self.daemon._searcher  # None while starting
+        searcher = self.daemon.serving  # None while starting
         bundle = searcher.bundle if searcher is not None else None
         current = showing.current
         thumb = None

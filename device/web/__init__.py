@@ -206,12 +206,14 @@ def create_app(daemon) -> Flask:
 
     # --- the kiosk: a full-screen slideshow for an HDMI screen (docs/kiosk.md) ---------
 
-    def _slides(searcher, showing) -> tuple[list[dict], str]:
-        """The slides of ``showing``; with no results, the library's first photos."""
+    def _slides(searcher, showing) -> tuple[list[dict], str, str]:
+        """The slides of ``showing`` (with no results, the library's first photos),
+        their kind and the title shown above them."""
         if showing.results:
-            return [dict(_slide(r.item), score=round(float(r.score), 4)) for r in showing.results], "results"
+            slides = [dict(_slide(r.item), score=round(float(r.score), 4)) for r in showing.results]
+            return slides, "results", f"\u201c{showing.query}\u201d"
         items = searcher.bundle.items[:settings.slideshow_results]
-        return [_slide(item) for item in items], "library"
+        return [_slide(item) for item in items], "library", f"{len(searcher.bundle)} photos on this Glimpse"
 
     def _slide(item) -> dict:
         return {"id": item.id, "name": item.name, "path": item.path,
@@ -243,12 +245,12 @@ def create_app(daemon) -> Flask:
         except QueryInvalid as exc:
             error, interval = str(exc), settings.kiosk_interval
         showing = daemon.slideshow.snapshot()
-        slides, kind = _slides(searcher, showing)
+        slides, kind, title = _slides(searcher, showing)
         try:
             position = int(request.args.get("i", showing.position)) % max(1, len(slides))
         except ValueError:
             position = showing.position
-        state = {"generation": showing.generation, "query": showing.query, "position": position,
+        state = {"generation": showing.generation, "query": showing.query, "title": title, "position": position,
                  "kind": kind, "interval": interval, "slides": slides}
         next_url = url_for("kiosk", i=(position + 1) % max(1, len(slides)), interval=request.args.get("interval"))
         return render_template("kiosk.html", state=state, slide=slides[position] if slides else None,
@@ -258,9 +260,9 @@ def create_app(daemon) -> Flask:
     @app.get("/api/kiosk")
     def api_kiosk():
         showing = daemon.slideshow.snapshot()
-        slides, kind = _slides(g.searcher, showing)
-        return jsonify({"generation": showing.generation, "query": showing.query, "position": showing.position,
-                        "source": showing.source, "kind": kind, "slides": slides})
+        slides, kind, title = _slides(g.searcher, showing)
+        return jsonify({"generation": showing.generation, "query": showing.query, "title": title,
+                        "position": showing.position, "source": showing.source, "kind": kind, "slides": slides})
 
     @app.get("/api/status")
     def api_status():

@@ -48,7 +48,7 @@
       generation = body.generation;
       slides = body.slides;
       index = body.position;
-      query.textContent = body.query ? "\u201c" + body.query + "\u201d" : query.textContent;
+      query.textContent = body.title;
       render();
       schedule();
     }).catch(function () { /* the daemon is restarting: keep showing what we have */ });
