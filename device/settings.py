@@ -141,7 +141,8 @@ SETTINGS: tuple[Setting, ...] = (
             "The button connects its pin to ground (internal pull-up); false: to 3V3 (pull-down)."),
     Setting("shutdown_command", "", "str",
             "Command run when the button is held, split like a shell line but run without one, "
-            "e.g. `systemctl poweroff`; empty: holding the button does nothing."),
+            "e.g. `systemctl poweroff` (its program must be found at start-up); "
+            "empty: holding the button does nothing."),
     Setting("saved_queries", "a sunset|a dog|food on a plate|the sea|a city at night|flowers", "str",
             "'Surprise me' queries the button runs in turn when nobody has searched, separated by | "
             "(or by commas when there is no |); empty: the button only steps through results."),

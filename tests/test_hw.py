@@ -430,6 +430,7 @@ def test_configured_but_absent_hardware_is_left_out_with_a_warning(caplog, monke
 @pytest.mark.parametrize("key, value, message", [
     ("led_pin", "5,6", "names 2 pins"),
     ("shutdown_command", "systemctl 'poweroff", "shutdown_command"),
+    ("shutdown_command", "/no/such/poweroff --now", "'/no/such/poweroff' is not found"),
     ("display_size", "128by64", "WIDTHxHEIGHT"),
     ("display_i2c_address", "0x99", "7-bit I2C address"),
 ])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shlex
+import shutil
 from typing import Callable
 
 from device.errors import HardwareInvalid
@@ -73,6 +74,10 @@ class HardwareOptions:
             argv = tuple(shlex.split(settings.shutdown_command))
         except ValueError as exc:
             raise HardwareInvalid(f"setting shutdown_command: {settings.shutdown_command!r}: {exc}") from None
+        if argv and shutil.which(argv[0]) is None:
+            # Found out now rather than when someone holds the button to power off.
+            raise HardwareInvalid(f"setting shutdown_command: the program {argv[0]!r} is not found "
+                                  "(give its full path, e.g. /usr/bin/systemctl poweroff)")
         display = "" if settings.display == "none" else settings.display
         return cls(
             button_pin=settings.button_pin.strip(), hold_time=settings.button_hold_time,
