@@ -9,6 +9,9 @@
   with, because each request holds its own reference to the searcher.
 * SIGTERM stops accepting connections, lets requests in flight finish (up to
   ``shutdown_timeout``) and exits 0.
+* The front panel (button, status light, display; :mod:`device.hw`) is opened
+  first, so the light shows "starting" while the bundle loads, and driven from
+  the main loop; without any of it the daemon serves as before.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from device.errors import BundleInvalid, GlimpseError
 from device.metrics import Metrics
 from device.search import Searcher, SearcherOptions
 from device.settings import Settings
+from device.slideshow import Slideshow
 from device.systemd import Notifier
 
 log = logging.getLogger("glimpse")
@@ -58,6 +62,10 @@ class Daemon:
         self._image_encoder = None
         self._encoder_lock = threading.Lock()
         self._stopping = threading.Event()
+        #: The results the button, the display and the kiosk page step through.
+        self.slideshow = Slideshow()
+        #: The front panel while :meth:`serve` runs (``None`` otherwise).
+        self.panel = None
 
     @property
     def searcher(self) -> Searcher:
@@ -66,6 +74,11 @@ class Daemon:
         if searcher is None:
             raise GlimpseError("no bundle is loaded yet")
         return searcher
+
+    @property
+    def serving(self) -> Searcher | None:
+        """The searcher serving now, or ``None`` before the first load (no exception)."""
+        return self._searcher
 
     def _open(self, bundle_dir: Path, verify: str | None = None) -> Searcher:
         return Searcher.create_from_options(SearcherOptions(
@@ -134,8 +147,11 @@ class Daemon:
                 self.metrics.reloads.labels(result="refused").inc()
                 log.error("reload refused, still serving %s: %s", previous, exc)
                 self.notifier.ready(f"reload refused; serving {previous}")
+                self._tell_panel("error")
                 raise
             self._install(searcher)
+            self.slideshow.clear()  # its results are photos of the old bundle
+            self._tell_panel("ready")
             self.metrics.reloads.labels(result="ok").inc()
             self.notifier.ready(f"serving {searcher.bundle.id}")
             return {"bundle_id": searcher.bundle.id, "previous": previous}
@@ -199,6 +215,11 @@ class Daemon:
                 log.exception("scanning %s failed", self.settings.watch_dir)
             stop.wait(self.settings.watch_interval)
 
+    def _tell_panel(self, event: str) -> None:
+        panel = self.panel
+        if panel is not None:
+            panel.post(event)
+
     def _bundle_by_name(self, name: str) -> Path:
         bundles = Path(self.settings.data_dir) / BUNDLES_DIR
         if not name or "/" in name or name in {".", ".."} or name.startswith("."):
@@ -229,6 +250,7 @@ class Daemon:
             "uptime_seconds": round(time.time() - self.started, 1),
             "queries": int(self.metrics.total_queries()),
             "ingest": ingest,
+            "front_panel": self.panel.describe() if self.panel is not None else {},
         }
 
     def serve(self) -> int:
@@ -236,8 +258,19 @@ class Daemon:
 
         Raises:
             BundleInvalid: the bundle fails verification at start-up.
+            HardwareInvalid: a front-panel setting cannot be meant.
             OSError: the port cannot be bound.
         """
+        wake = threading.Event()
+        self.panel = _open_panel(self, wake.set)
+        self.panel.tick()  # "starting" on the display while the bundle loads
+        try:
+            return self._serve(wake)
+        finally:
+            self.panel.close()
+            self.panel = None
+
+    def _serve(self, wake: threading.Event) -> int:
         from cheroot import wsgi
 
         from device.web import create_app
@@ -251,7 +284,6 @@ class Daemon:
                              server_name="glimpse", shutdown_timeout=settings.shutdown_timeout,
                              request_queue_size=128)
         server.prepare()  # binds and listens: from here a request can be answered
-        wake = threading.Event()
         requests = {"stop": False, "reload": False}
 
         def _on_signal(signum, frame):
@@ -265,10 +297,15 @@ class Daemon:
         url = f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
         self.notifier.ready(f"serving {self.searcher.bundle.id} at {url}")
         print(f"Glimpse is serving {len(self.searcher.bundle)} photos at {url}", flush=True)
+        self.panel.post("ready")
         status = 0
+        last_ping = 0.0
         try:
             while True:
-                wake.wait(self.notifier.watchdog_interval or 1.0)
+                # The panel's own work (a blink ending, a held-back frame) may be due sooner.
+                panel_due = self.panel.tick()
+                timeout = self.notifier.watchdog_interval or 1.0
+                wake.wait(timeout if panel_due is None else min(timeout, panel_due))
                 wake.clear()
                 if requests["stop"]:
                     break
@@ -282,7 +319,12 @@ class Daemon:
                     log.error("the HTTP server thread died; exiting so systemd restarts the service")
                     status = 1
                     break
-                self.notifier.watchdog()
+                # Ping when systemd asked for it, at most twice per interval: the panel
+                # can wake the loop often, and a ping per wake would flood the socket.
+                interval = self.notifier.watchdog_interval
+                if interval and time.monotonic() - last_ping >= interval / 2:
+                    self.notifier.watchdog()
+                    last_ping = time.monotonic()
         finally:
             self._stopping.set()
             self.notifier.stopping()
@@ -297,6 +339,14 @@ class Daemon:
                 signal.signal(signum, handler)
             log.info("stopped")
         return status
+
+
+def _open_panel(daemon: Daemon, wake):
+    """The front panel from the settings (gpiozero and luma load only if configured)."""
+    from device.hw import HardwareOptions
+    from device.hw.panel import Panel
+
+    return Panel(daemon, HardwareOptions.from_settings(daemon.settings), wake)
 
 
 def _switch_link(link: Path, target: Path) -> None:

@@ -40,3 +40,7 @@ class ItemNotFound(GlimpseError, KeyError):
 
 class RuntimeMissing(GlimpseError, ImportError):
     """No TFLite interpreter (ai-edge-litert or tflite-runtime) is installed."""
+
+
+class HardwareInvalid(GlimpseError, ValueError):
+    """A front-panel setting (pin, display, command) cannot be used as written."""

@@ -4,6 +4,11 @@ Every asset is served from this package (no CDN): the appliance is offline.
 Photos are served only through the bundle's manifest, so no request can reach
 a file outside the bundle. Pages work without JavaScript; the script only makes
 results appear as you type.
+
+A search from the web UI also becomes what the device is showing (its
+:class:`~device.slideshow.Slideshow`): the front-panel button steps through
+those results and ``/kiosk``, the full-screen slideshow for an HDMI screen,
+shows them.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ def create_app(daemon) -> Flask:
 
     Args:
         daemon: a :class:`device.daemon.Daemon` (anything with ``searcher``,
-            ``settings``, ``metrics``, ``status()`` and ``reload()``).
+            ``settings``, ``metrics``, ``slideshow``, ``status()`` and ``reload()``).
     """
     app = Flask(__name__)
     # Uploads: one request carries at most this much (Flask answers 413 beyond it).
@@ -126,6 +131,8 @@ def create_app(daemon) -> Flask:
         def run(searcher, k, offset, filters):
             results = searcher.search(query, k=k, offset=offset, filters=filters)
             daemon.metrics.queries.labels(kind="text").inc()
+            # What was searched in the web UI is what the button and the kiosk step through.
+            daemon.slideshow.show(query.strip(), results[:settings.slideshow_results], "web")
             return results
         return _render_results("index.html", run, query=query, browse=[])
 
@@ -258,6 +265,8 @@ def create_app(daemon) -> Flask:
         k, offset = _api_page()
         results = g.searcher.search(query, k=k, offset=offset, filters=_filters())
         daemon.metrics.queries.labels(kind="text").inc()
+        if request.args.get("show") == "1":  # the web UI's instant search: make these what the device shows
+            daemon.slideshow.show(query.strip(), results[:settings.slideshow_results], "web")
         return jsonify([r.to_json() for r in results])
 
     @app.get("/api/similar/<item_id>")
@@ -273,6 +282,66 @@ def create_app(daemon) -> Flask:
         return jsonify({**item.to_json(), "folder": item.folder, "name": item.name,
                         "thumb_url": url_for("thumb", item_id=item.id),
                         "image_url": url_for("image", item_id=item.id)})
+
+    # --- the kiosk: a full-screen slideshow for an HDMI screen (docs/kiosk.md) ---------
+
+    def _slides(searcher, showing) -> tuple[list[dict], str, str]:
+        """The slides of ``showing`` (with no results, the library's first photos),
+        their kind and the title shown above them."""
+        if showing.results:
+            slides = [dict(_slide(r.item), score=round(float(r.score), 4)) for r in showing.results]
+            return slides, "results", f"\u201c{showing.query}\u201d"
+        items = searcher.bundle.items[:settings.slideshow_results]
+        return [_slide(item) for item in items], "library", f"{len(searcher.bundle)} photos on this Glimpse"
+
+    def _slide(item) -> dict:
+        return {"id": item.id, "name": item.name, "path": item.path,
+                "image": url_for("image", item_id=item.id), "thumb": url_for("thumb", item_id=item.id)}
+
+    def _interval() -> float:
+        raw = request.args.get("interval")
+        if raw in (None, ""):
+            return settings.kiosk_interval
+        try:
+            value = float(raw)
+        except ValueError:
+            raise QueryInvalid("interval must be a number of seconds") from None
+        if not 0.2 <= value <= 3600:  # below a second only makes sense for tests and demos
+            raise QueryInvalid("interval must be between 0.2 and 3600 seconds")
+        return value
+
+    @app.get("/kiosk")
+    def kiosk():
+        searcher = g.searcher
+        query = request.args.get("q", "")
+        error = None
+        try:
+            interval = _interval()
+            if query.strip():
+                results = searcher.search(query, k=settings.slideshow_results, filters=_filters())
+                daemon.metrics.queries.labels(kind="text").inc()
+                daemon.slideshow.show(query.strip(), results, "web")
+        except QueryInvalid as exc:
+            error, interval = str(exc), settings.kiosk_interval
+        showing = daemon.slideshow.snapshot()
+        slides, kind, title = _slides(searcher, showing)
+        try:
+            position = int(request.args.get("i", showing.position)) % max(1, len(slides))
+        except ValueError:
+            position = showing.position
+        state = {"generation": showing.generation, "query": showing.query, "title": title, "position": position,
+                 "kind": kind, "interval": interval, "slides": slides}
+        next_url = url_for("kiosk", i=(position + 1) % max(1, len(slides)), interval=request.args.get("interval"))
+        return render_template("kiosk.html", state=state, slide=slides[position] if slides else None,
+                               error=error, bundle=searcher.bundle, next_url=next_url,
+                               version=__version__), (400 if error else 200)
+
+    @app.get("/api/kiosk")
+    def api_kiosk():
+        showing = daemon.slideshow.snapshot()
+        slides, kind, title = _slides(g.searcher, showing)
+        return jsonify({"generation": showing.generation, "query": showing.query, "title": title,
+                        "position": showing.position, "source": showing.source, "kind": kind, "slides": slides})
 
     @app.get("/api/status")
     def api_status():
