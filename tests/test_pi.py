@@ -55,15 +55,17 @@ def rootfs():
         emulated_pi.check_host()
     except emulated_pi.EmulationUnavailable as exc:
         _unavailable(str(exc))
-    built = {}
+    built, failed = {}, {}
 
     def _get(suite: str) -> emulated_pi.Rootfs:
-        if suite not in built:
+        if suite not in built and suite not in failed:
             try:
                 built[suite] = emulated_pi.ensure_rootfs(suite)
             except emulated_pi.RootfsFailed as exc:
-                # Never a skip: an unreachable mirror must be seen, not hidden.
-                pytest.fail(str(exc), pytrace=False)
+                failed[suite] = str(exc)  # every test of this suite fails with it; one attempt is enough
+        if suite in failed:
+            # Never a skip: an unreachable mirror must be seen, not hidden.
+            pytest.fail(failed[suite], pytrace=False)
         return built[suite]
     return _get
 
