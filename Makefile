@@ -18,9 +18,9 @@ SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: demo test test-device test-host test-pi pi-tools models bench clean
 
 # The device side: what a Pi installs (LiteRT pinned to the version proven on its CPU). No PyTorch.
+# pip 24.2 or later, which resolves for another Python version (glimpse-provision wheelhouse).
 $(VENV)/.installed-demo: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	# pip 24.2 or later resolves for another Python version (glimpse-provision wheelhouse).
 	$(VENV)/bin/pip install --quiet 'pip>=24.2'
 	$(VENV)/bin/pip install --quiet -e '.[device,demo]'
 	touch $@

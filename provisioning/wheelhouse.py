@@ -13,6 +13,11 @@ computes the target's tags, drives pip, and records what it got in
 ``wheelhouse.json``: per target, each wheel with its tags and sha256. The record
 comes from pip's own installation report of an offline, resolve-only install
 from the wheelhouse, which also proves the wheelhouse is complete for that target.
+
+pip evaluates environment markers (``python_version < "3.12"``...) with the
+host's interpreter, not the target's; ``make test-pi`` therefore also has each
+Pi OS's own Python and pip resolve from the wheelhouse and checks they pick the
+same wheels.
 """
 
 from __future__ import annotations
@@ -261,15 +266,18 @@ def wheels_from_report(report: dict, wheelhouse: Path, target: Target) -> list[d
 
 
 def build(targets: list[Target], out: Path, source: Path | None = None,
-          pip: list[str] | None = None, requirement: str = REQUIREMENT) -> dict:
-    """Fill ``out`` with every wheel ``requirement`` needs on each target; write ``wheelhouse.json``.
+          pip: list[str] | None = None) -> dict:
+    """Fill ``out`` with every wheel ``glimpse[device]`` needs on each target; write ``wheelhouse.json``.
+
+    Wheels already in ``out`` are reused; wheels no target needs any more (an
+    older release, a dropped Python version) are removed, so the directory holds
+    exactly what the manifest lists.
 
     Args:
         targets: the device environments, e.g. CPython 3.11 and 3.13 on linux_aarch64.
-        out: the wheelhouse directory (created; wheels already there are reused).
+        out: the wheelhouse directory (created if missing).
         source: the Glimpse source tree (default: :func:`source_tree`).
         pip: the pip command (default: this interpreter's ``python -m pip``).
-        requirement: what the device installs, ``glimpse[device]``.
 
     Returns:
         The manifest written to ``out/wheelhouse.json``.
@@ -289,28 +297,31 @@ def build(targets: list[Target], out: Path, source: Path | None = None,
     out.mkdir(parents=True, exist_ok=True)
     glimpse_wheel = build_glimpse_wheel(source, out, pip)
     # A direct reference: a project named "glimpse" on an index must not be taken instead.
-    extras = requirement[len("glimpse"):] if requirement.startswith("glimpse") else ""
-    pinned = f"glimpse{extras} @ {glimpse_wheel.as_uri()}"
+    pinned = f"{REQUIREMENT} @ {glimpse_wheel.as_uri()}"
     manifest_targets = []
     for target in targets:
         _pip(pip, download_command(target, pinned, out), f"downloading wheels for {target}")
         with tempfile.TemporaryDirectory(prefix="glimpse-wheelhouse-") as tmp:
             report_path = Path(tmp) / "report.json"
-            _pip(pip, resolve_command(target, requirement, out, report_path),
-                 f"installing {requirement} offline from {out} for {target}")
+            _pip(pip, resolve_command(target, REQUIREMENT, out, report_path),
+                 f"installing {REQUIREMENT} offline from {out} for {target}")
             report = json.loads(report_path.read_text(encoding="utf-8"))
         manifest_targets.append({
             "python": target.python, "platform": target.platform, "glibc": target.glibc,
             "implementation": "cp", "abi": target.abi, "platform_tags": target.platform_tags(),
             "wheels": wheels_from_report(report, out, target),
         })
+    needed = {wheel["file"] for target in manifest_targets for wheel in target["wheels"]}
+    for stale in out.glob("*.whl"):
+        if stale.name not in needed:
+            stale.unlink()
     manifest = {
         "format": MANIFEST_FORMAT,
         "format_version": MANIFEST_FORMAT_VERSION,
         "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
-        "requirement": requirement,
+        "requirement": REQUIREMENT,
         "glimpse_wheel": glimpse_wheel.name,
-        "install": f"pip install --no-index --find-links {out.name} '{requirement}'",
+        "install": f"pip install --no-index --find-links {out.name} '{REQUIREMENT}'",
         "targets": manifest_targets,
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
