@@ -7,13 +7,14 @@ The real download, and the tags of a real wheelhouse, are checked by the
 from __future__ import annotations
 
 import hashlib
+import sys
 
 import pytest
 
 from provisioning import cli
 from provisioning.wheelhouse import (
-    Target, TargetInvalid, WheelhouseFailed, download_command, parse_target, resolve_command,
-    wheels_from_report,
+    Target, TargetInvalid, WheelhouseFailed, build, check_pip, download_command, parse_target,
+    resolve_command, wheels_from_report,
 )
 
 PY311 = parse_target("3.11")
@@ -155,3 +156,29 @@ def test_cli_refuses_an_unknown_platform(tmp_path, capsys):
 
 def test_target_names_itself_for_error_messages():
     assert str(Target("3.13")) == "CPython 3.13 linux_aarch64 (glibc 2.36)"
+
+
+def _fake_pip(output: str, status: int = 0) -> list[str]:
+    """A command that answers ``--version`` as a given pip would."""
+    return [sys.executable, "-c", f"import sys; print({output!r}); sys.exit({status})"]
+
+
+def test_a_pip_too_old_to_resolve_for_another_python_is_refused_with_the_fix(tmp_path):
+    with pytest.raises(WheelhouseFailed, match=r"pip 23\.2 cannot resolve.*pip>=24\.2"):
+        build([PY313], tmp_path / "wh", pip=_fake_pip("pip 23.2.1 from /x (python 3.11)"))
+    assert not (tmp_path / "wh").exists()
+
+
+def test_a_broken_pip_is_reported():
+    with pytest.raises(WheelhouseFailed, match="cannot run pip"):
+        check_pip(_fake_pip("", status=1))
+
+
+def test_a_recent_pip_passes_the_check():
+    check_pip(_fake_pip("pip 24.2 from /x (python 3.11)"))
+    check_pip(_fake_pip("pip 26.3 from /x (python 3.11)"))
+
+
+def test_build_needs_a_target(tmp_path):
+    with pytest.raises(TargetInvalid, match="at least one"):
+        build([], tmp_path)
