@@ -3,6 +3,7 @@
     glimpse-provision build --images DIR --out BUNDLE_DIR [--model DIR] [--force]
     glimpse-provision demo --out BUNDLE_DIR          (scikit-image's photos)
     glimpse-provision model default --out DIR [--variant int8|float32]   (needs PyTorch)
+    glimpse-provision wheelhouse --platform linux_aarch64 --python 3.11 [--python 3.13 ...] --out DIR
 
 Errors print ``glimpse-provision: error: ...`` and exit 2; ``--debug`` shows tracebacks.
 """
@@ -37,6 +38,18 @@ def _parser() -> argparse.ArgumentParser:
     model.add_argument("--out", required=True, type=Path, help="model directory to write")
     model.add_argument("--variant", choices=["int8", "float32"], default="int8",
                        help="tower precision (default int8)")
+
+    wheelhouse = commands.add_parser(
+        "wheelhouse", help="download every wheel a device needs, for installing without internet")
+    wheelhouse.add_argument("--platform", default="linux_aarch64",
+                            help="device platform (default linux_aarch64: 64-bit Raspberry Pi OS)")
+    wheelhouse.add_argument("--python", action="append", required=True, metavar="X.Y",
+                            help="device Python version; repeat for several (3.11: Bookworm, 3.13: Trixie)")
+    wheelhouse.add_argument("--glibc", default=None, metavar="X.Y",
+                            help="oldest device glibc (default 2.36, Pi OS Bookworm)")
+    wheelhouse.add_argument("--out", required=True, type=Path, help="wheelhouse directory to fill")
+    wheelhouse.add_argument("--source", type=Path,
+                            help="Glimpse source tree to build the wheel from (default: this checkout)")
     return parser
 
 
@@ -103,4 +116,17 @@ def _model(args) -> int:
     return 0
 
 
-_COMMANDS = {"build": _build, "demo": _demo, "model": _model}
+def _wheelhouse(args) -> int:
+    from provisioning import wheelhouse
+
+    targets = [wheelhouse.parse_target(python, args.platform, args.glibc or wheelhouse.DEFAULT_GLIBC)
+               for python in dict.fromkeys(args.python)]  # repeated versions count once
+    manifest = wheelhouse.build(targets, args.out, source=args.source)
+    for target in manifest["targets"]:
+        print(f"CPython {target['python']} {target['platform']}: {len(target['wheels'])} wheels")
+    print(f"wheelhouse {args.out} ({wheelhouse.MANIFEST} lists them); on the device: "
+          f"pip install --no-index --find-links DIR '{manifest['requirement']}'")
+    return 0
+
+
+_COMMANDS = {"build": _build, "demo": _demo, "model": _model, "wheelhouse": _wheelhouse}

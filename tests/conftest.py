@@ -1,7 +1,8 @@
 """Shared fixtures: the committed default model, a small photo library, a bundle.
 
 Tests marked ``host`` need PyTorch and litert-torch and run in ``.venv-host``
-(``make test`` runs both sets); elsewhere they fail on the missing import.
+(``make test`` runs both sets); elsewhere they fail on the missing import. Tests
+marked ``pi`` run Glimpse on emulated Raspberry Pi CPUs (``make test-pi``).
 """
 
 from __future__ import annotations
