@@ -1,4 +1,4 @@
-"""``glimpse serve`` as a real process behind waitress, on loopback."""
+"""``glimpse serve`` as a real process behind cheroot, on loopback."""
 
 from __future__ import annotations
 
