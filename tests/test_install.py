@@ -1,0 +1,122 @@
+"""``push --install``: the generated device script, run against a fake root.
+
+What runs here: the unit adaptation (checked by ``systemd-analyze verify``), the
+script's syntax, and its ``user``, ``directories``, ``unit`` and ``service`` steps
+for real under ``DESTDIR`` (as root: ``useradd --prefix``, ``chown``). What does
+not: the ``glimpse`` step (pip into a venv needs every dependency's wheel) and
+systemd itself (this container runs none; the ``service`` step says so and stops).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from provisioning.install import InstallFailed, InstallOptions, install_script, unit_text
+
+WHEELHOUSE = "/var/tmp/glimpse-install/wheelhouse"
+
+
+def test_unit_is_the_committed_one_with_this_devices_paths():
+    text = unit_text(InstallOptions(data_dir="/srv/photos", venv="/opt/g/venv", daemon_port=9000))
+    committed = (REPO / "systemd" / "glimpse.service").read_text().splitlines()
+    lines = text.splitlines()
+    assert "ExecStart=/opt/g/venv/bin/glimpse serve --data-dir /srv/photos --host 0.0.0.0 --port 9000" in lines
+    assert "ReadWritePaths=/srv/photos" in lines
+    changed = [(a, b) for a, b in zip(committed, lines) if a != b]
+    assert len(lines) == len(committed) and [a.split("=")[0] for a, _ in changed] == ["ExecStart", "ReadWritePaths"]
+
+
+def test_adapted_unit_passes_systemd_analyze_verify(tmp_path):
+    analyze = shutil.which("systemd-analyze")
+    assert analyze, "systemd-analyze is missing: `make test` installs Debian's systemd package"
+    venv = str(Path(sys.executable).parent.parent)  # verify checks that ExecStart exists
+    unit = tmp_path / "glimpse.service"
+    unit.write_text(unit_text(InstallOptions(data_dir=str(tmp_path), venv=venv, daemon_port=9000)))
+    proc = subprocess.run([analyze, "verify", "--man=no", str(unit)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stderr.strip() == "", proc.stderr
+
+
+def test_a_unit_without_execstart_is_refused():
+    with pytest.raises(InstallFailed, match="lacks ExecStart= lines"):
+        unit_text(InstallOptions(unit_text="[Service]\nType=notify\nReadWritePaths=/x\n"))
+
+
+def test_script_installs_from_the_wheelhouse_without_the_index():
+    script = install_script(InstallOptions(wheelhouse=WHEELHOUSE))
+    assert f"--no-index --find-links {WHEELHOUSE} 'glimpse[device]'" in script
+    assert subprocess.run(["sh", "-n"], input=script, text=True).returncode == 0
+
+
+def test_script_without_a_wheelhouse_installs_the_wheel_and_its_dependencies_from_the_index():
+    wheel = "/var/tmp/glimpse-install/wheelhouse/glimpse-0.1.0-py3-none-any.whl"
+    script = install_script(InstallOptions(wheel=wheel))
+    assert f"install --quiet --upgrade '{wheel}[device]'" in script and "--no-index" not in script
+    assert subprocess.run(["sh", "-n"], input=script, text=True).returncode == 0
+    with pytest.raises(InstallFailed, match="needs a wheelhouse or a Glimpse wheel"):
+        install_script(InstallOptions())
+
+
+@pytest.fixture
+def fake_root(tmp_path):
+    """A DESTDIR with this system's account files and a login user ``pi``."""
+    if os.geteuid() != 0:
+        pytest.fail("the install script test runs as root (as `make test` in CI): it chowns")
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    for name in ("passwd", "group", "shadow", "gshadow", "login.defs"):
+        if Path("/etc", name).exists():
+            shutil.copy2(Path("/etc", name), root / "etc" / name)
+    with open(root / "etc" / "passwd", "a") as passwd:
+        passwd.write("pi:x:4242:4242:Pi:/home/pi:/bin/bash\n")
+    with open(root / "etc" / "group", "a") as group:
+        group.write("pi:x:4242:\n")
+    return root
+
+
+def _run(script: str, root: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, DESTDIR=str(root), GLIMPSE_INSTALL_STEPS="user directories unit service")
+    return subprocess.run(["sh", "-s"], input=script, env=env, capture_output=True, text=True, timeout=120)
+
+
+def _account(root: Path, file: str, name: str) -> list[str]:
+    for line in (root / "etc" / file).read_text().splitlines():
+        if line.split(":")[0] == name:
+            return line.split(":")
+    return []
+
+
+def test_script_sets_up_user_directories_and_unit_under_a_fake_root(fake_root):
+    options = InstallOptions(data_dir="/var/lib/glimpse", login_user="pi", wheelhouse=WHEELHOUSE)
+    script = install_script(options)
+    host_had_user = bool(_account(Path("/"), "passwd", "glimpse"))
+
+    proc = _run(script, fake_root)
+
+    assert proc.returncode == 0, proc.stderr
+    user = _account(fake_root, "passwd", "glimpse")
+    assert user[5:] == ["/var/lib/glimpse", "/usr/sbin/nologin"] and int(user[2]) < 1000  # a system user
+    assert _account(fake_root, "group", "glimpse")[3] == "pi"  # the login user may push bundles
+    uid, gid = int(user[2]), int(user[3])
+    for relative, mode in (("var/lib/glimpse", 0o750), ("var/lib/glimpse/bundles", 0o2775),
+                           ("var/lib/glimpse/bundles/.incoming", 0o2775)):
+        info = (fake_root / relative).stat()
+        assert (stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid) == (mode, uid, gid), relative
+    unit = fake_root / "etc/systemd/system/glimpse.service"
+    assert unit.read_text() == unit_text(options)
+    assert "install: service: systemd is not running here (or DESTDIR is set)" in proc.stdout
+    assert bool(_account(Path("/"), "passwd", "glimpse")) == host_had_user  # the host was not touched
+
+    # Again: an upgrade finds everything in place.
+    again = _run(script, fake_root)
+    assert again.returncode == 0, again.stderr
+    assert "install: user: glimpse exists" in again.stdout
+    assert [line for line in (fake_root / "etc/passwd").read_text().splitlines()
+            if line.startswith("glimpse:")] == [":".join(user)]
