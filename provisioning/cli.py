@@ -5,6 +5,7 @@
     glimpse-provision model default --out DIR [--variant int8|float32]   (needs PyTorch)
     glimpse-provision push HOST --bundle DIR [--port 22] [--user U] [--identity KEY] [--keep 3]
                       [--install [--wheelhouse DIR]]   send, verify, switch, check, or roll back
+    glimpse-provision fleet --inventory FILE --bundle DIR   push to every host (ansible-playbook)
 
 Errors print ``glimpse-provision: error: ...`` and exit 2; ``--debug`` shows tracebacks.
 """
@@ -47,6 +48,12 @@ def _parser() -> argparse.ArgumentParser:
     push.add_argument("host", help="the device's host name or address")
     push.add_argument("--bundle", required=True, type=Path, help="bundle directory to send")
     _push_options(push)
+
+    fleet = commands.add_parser("fleet", help="push a bundle to every host of an Ansible inventory")
+    fleet.add_argument("--inventory", required=True, type=Path, help="Ansible inventory (see provisioning/ansible)")
+    fleet.add_argument("--bundle", required=True, type=Path, help="bundle directory to send")
+    fleet.add_argument("--limit", help="only these hosts (Ansible pattern)")
+    fleet.add_argument("--forks", type=int, default=5, help="devices pushed to at once (default 5)")
     return parser
 
 
@@ -102,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"glimpse-provision: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        done = "see the push log above" if args.command in {"push"} else "nothing was written"
+        done = "see the push log above" if args.command in {"push", "fleet"} else "nothing was written"
         print(f"glimpse-provision: interrupted; {done}", file=sys.stderr)
         return 130
 
@@ -169,4 +176,10 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-_COMMANDS = {"build": _build, "demo": _demo, "model": _model, "push": _push}
+def _fleet(args) -> int:
+    from provisioning import fleet
+
+    return fleet.run(args.inventory, args.bundle, limit=args.limit, forks=args.forks)
+
+
+_COMMANDS = {"build": _build, "demo": _demo, "model": _model, "push": _push, "fleet": _fleet}
