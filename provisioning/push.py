@@ -84,8 +84,8 @@ class PushOptions:
         remote_glimpse: the ``glimpse`` command on the device.
         daemon_port: the daemon's port on the device (``None``: as the device's
             own configuration says, 8080 unless changed).
-        keep: how many bundles to keep on the device (the served and the
-            previous one are always kept).
+        keep: how many bundles to keep on the device: the served one, the
+            previous one (always kept, even with ``keep=1``), then the newest others.
         rsync_path: the ``rsync`` command on the device (e.g. ``sudo -u glimpse rsync``).
         rsync_options: extra rsync options, e.g. ``--bwlimit=2000`` on a slow link.
         health_wait: seconds ``glimpse health`` keeps asking a daemon that does not answer yet.
@@ -317,12 +317,15 @@ exit 0
         return answer
 
     def prune(self) -> tuple[list[str], str]:
-        keep = {self.id}
-        if self.state.current:
-            keep.add(self.state.current)
+        # The served and the previous bundle first, then the newest others up to `keep`.
+        keep = [self.id] + ([self.state.current] if self.state.current else [])
         present = set(self.state.bundles) | {self.id}
         ids = sorted((name for name in present if BUNDLE_ID.match(name)), reverse=True)  # newest first
-        keep.update(ids[:max(self.options.keep, 1)])
+        for name in ids:
+            if len(keep) >= self.options.keep:
+                break
+            if name not in keep:
+                keep.append(name)
         removed = sorted(name for name in ids if name not in keep)
         stale = [name for name in self.state.incoming if name != self.id]
         paths = [self.bundles / name for name in removed] + [self.bundles / INCOMING_DIR / name for name in stale]
@@ -330,8 +333,8 @@ exit 0
             proc = self.remote.run(shell("rm", "-rf", "--", *paths), timeout=600)
             if proc.returncode != 0:
                 return [], f"could not remove {', '.join(removed + stale)}: {last_line(proc.stderr)} (the push itself succeeded)"
-        others = sorted(present - keep - set(removed))
-        message = f"kept {', '.join(sorted(keep, reverse=True))}"
+        others = sorted(present - set(keep) - set(removed))
+        message = f"kept {', '.join(keep)}"
         if removed:
             message += f"; removed {', '.join(removed)}"
         if stale:
@@ -517,9 +520,9 @@ def _describe_stats(stdout: str) -> str:
             figures[key] = int(re.sub(r"[,.]", "", match.group(1)))
     if not {"sent", "size", "literal"} <= figures.keys():
         return "done"
-    return (f"sent {_megabytes(figures['sent'])} for a {_megabytes(figures['size'])} bundle: "
-            f"{figures.get('files', 0)} files written, {_megabytes(figures['literal'])} of new data; "
-            f"the device had the rest")
+    return (f"sent {_megabytes(figures['sent'])} for a {_megabytes(figures['size'])} bundle "
+            f"({_megabytes(figures['literal'])} of new data, the rest was on the device); "
+            f"{figures.get('files', 0)} files written")
 
 
 def _megabytes(size: int) -> str:

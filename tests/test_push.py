@@ -21,7 +21,10 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, run_cli
-from loopback_device import GLIMPSE, DeviceRoot, Sshd, bundle_id, make_variant
+from loopback_device import GLIMPSE, SSH_CLIENT_OPTIONS, DeviceRoot, Sshd, bundle_id, make_variant
+from provisioning.push import PushLog, PushOptions
+from provisioning.push import push as push_bundle
+from provisioning.remote import Remote
 from test_daemon import _free_port
 
 @pytest.fixture(scope="module")
@@ -60,8 +63,9 @@ def assert_failed_cleanly(proc, step: str) -> None:
 
 
 def test_push_switches_the_daemon_and_keeps_the_newest_bundles(device, sshd, bundle_dir, new_bundle, tmp_path):
-    # Two older bundles already on the device: beyond --keep 2, they go.
-    for created in ("20200101T000000Z", "20210101T000000Z"):
+    # Other bundles on the device: with --keep 2 only the new one and the one it
+    # replaces stay, even where another is newer than the latter.
+    for created in ("20200101T000000Z", "20210101T000000Z", "20980101T000000Z"):
         old = make_variant(bundle_dir, tmp_path / created, created)
         shutil.copytree(old, device.bundles / bundle_id(old))
     hand_named = device.bundles / "my-test-bundle"
@@ -269,3 +273,69 @@ def test_unreachable_device_is_a_clear_error(device, sshd, new_bundle):
     proc = push(device, sshd, new_bundle, port=_free_port(), check=False)
     assert proc.returncode == 2 and proc.stderr.startswith("glimpse-provision: error: cannot log in to ")
     assert_old_bundle_serving(device)
+
+
+def test_stopped_push_rolls_back_and_keeps_the_transfer_to_resume(device, sshd, bundle_dir, tmp_path):
+    big = make_variant(bundle_dir, tmp_path / "big-bundle", "20990101T000000Z",
+                       {"extra/padding.bin": os.urandom(16_000_000)})
+    incoming = device.bundles / ".incoming" / bundle_id(big)
+    proc = subprocess.Popen([sys.executable, "-m", *device.push_args(sshd, big, "--rsync-option=--bwlimit=2000")],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not incoming.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert incoming.exists(), "the transfer never started"
+        proc.send_signal(signal.SIGTERM)  # `kill`, a cancelled CI job: the push cleans up as for Ctrl-C
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130 and err.strip().endswith("glimpse-provision: interrupted; see the push log above")
+    assert re.search(r"^transfer .*FAILED: interrupted", out, re.M), out
+    assert "push failed at transfer" in out and "Traceback" not in err
+    assert_old_bundle_serving(device)
+    assert device.incoming() == [bundle_id(big)]  # kept: the next push resumes it
+
+
+def test_first_push_to_an_empty_device_points_current_and_says_to_start_the_daemon(device, sshd, new_bundle):
+    device.stop()
+    empty = device.tmp_path / "empty-data-dir"
+    empty.mkdir()
+    proc = run_cli("provisioning", "push", "127.0.0.1", "--bundle", str(new_bundle), *sshd.args(),
+                   "--data-dir", str(empty), "--remote-glimpse", GLIMPSE, "--daemon-port", str(_free_port()),
+                   "--health-wait", "0", check=False, timeout=120)
+    assert_failed_cleanly(proc, "switch")
+    assert "start the service" in proc.stderr
+    assert "no bundle served before this push; current is left pointing at" in proc.stderr
+    assert os.readlink(empty / "current") == f"bundles/{bundle_id(new_bundle)}"
+    # Started now (as `systemctl start glimpse` would), the daemon serves it.
+    device.data_dir = empty
+    device.start()
+    assert device.serving() == bundle_id(new_bundle)
+
+
+def test_first_push_with_a_start_command_starts_the_daemon(tmp_path, sshd, new_bundle):
+    # What push --install does after setting a device up: with no bundle served yet,
+    # point `current` at the new one and start the service; here the start command
+    # launches `glimpse serve` in the background instead of `systemctl restart glimpse`.
+    data_dir = tmp_path / "fresh-device"
+    data_dir.mkdir()
+    port, pid_file = _free_port(), tmp_path / "daemon.pid"
+    start = (f"GLIMPSE_CONFIG=/nonexistent nohup {GLIMPSE} serve --data-dir {data_dir} --port {port} "
+             f">{tmp_path / 'daemon.log'} 2>&1 & echo $! > {pid_file}")
+    lines: list[str] = []
+    options = PushOptions(
+        remote=Remote("127.0.0.1", port=sshd.port, user=sshd.user, identity=str(sshd.key),
+                      ssh_options=SSH_CLIENT_OPTIONS),
+        bundle=new_bundle, data_dir=str(data_dir), remote_glimpse=GLIMPSE, daemon_port=port,
+        health_wait=120, start_command=start)
+    try:
+        result = push_bundle(options, PushLog(lines.append))
+    finally:
+        if pid_file.exists():
+            os.kill(int(pid_file.read_text()), signal.SIGTERM)
+    assert result.bundle_id == bundle_id(new_bundle) and result.previous is None
+    assert any(line.startswith("switch") and "started the daemon" in line for line in lines), lines
+    assert any(line.startswith("health") and f"/healthz reports {bundle_id(new_bundle)}" in line for line in lines)
