@@ -218,7 +218,8 @@ def build_wheel(source: Path, out: Path) -> Path:
     return wheels[-1]
 
 
-def install(remote: Remote, options: PushOptions, wheelhouse: Path | None, log: PushLog) -> PushOptions:
+def install(remote: Remote, options: PushOptions, wheelhouse: Path | None, log: PushLog,
+            staging: str = STAGING) -> PushOptions:
     """Set the device up (see the module docstring) and return push options that start the service.
 
     Args:
@@ -226,13 +227,14 @@ def install(remote: Remote, options: PushOptions, wheelhouse: Path | None, log: 
         options: the push that follows (data directory, daemon port, remote glimpse).
         wheelhouse: a local wheelhouse directory to install from, or ``None`` for the index.
         log: the push log.
+        staging: where the wheels go on the device.
 
     Raises:
         InstallFailed: a step failed (its output is in the message).
         DeviceUnreachable: ssh cannot log in.
     """
     venv = str(PurePosixPath(options.remote_glimpse).parent.parent)
-    staging = PurePosixPath(STAGING)
+    staging = PurePosixPath(staging)
     log.begin()
     with tempfile.TemporaryDirectory(prefix="glimpse-install-") as tmp:
         if wheelhouse is not None:

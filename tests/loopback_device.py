@@ -39,9 +39,14 @@ def wait_for_port(port: int, timeout: float = 30) -> None:
 
 
 class Sshd:
-    """Debian's sshd on a free loopback port; host key, client key and config under ``root``."""
+    """Debian's sshd on a free loopback port; host key, client key and config under ``root``.
 
-    def __init__(self, root: Path):
+    Args:
+        root: a private directory.
+        extra_config: more ``sshd_config`` lines (e.g. ``SetEnv`` for every session).
+    """
+
+    def __init__(self, root: Path, extra_config: tuple[str, ...] = ()):
         for tool in ("/usr/sbin/sshd", "ssh-keygen", "ssh", "rsync"):
             assert shutil.which(tool), f"{tool} is missing: `make test` installs openssh-server and rsync"
         root.mkdir(parents=True, exist_ok=True)
@@ -57,6 +62,7 @@ class Sshd:
             f"AuthorizedKeysFile {root / 'authorized_keys'}", "StrictModes no",
             "PermitRootLogin prohibit-password", "PasswordAuthentication no",
             "KbdInteractiveAuthentication no", "UsePAM no", f"PidFile {root / 'sshd.pid'}",
+            *extra_config,
         ]) + "\n")
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
         with open(root / "sshd.log", "w") as log:  # -e: sshd logs to stderr

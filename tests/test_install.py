@@ -2,9 +2,11 @@
 
 What runs here: the unit adaptation (checked by ``systemd-analyze verify``), the
 script's syntax, and its ``user``, ``directories``, ``unit`` and ``service`` steps
-for real under ``DESTDIR`` (as root: ``useradd --prefix``, ``chown``). What does
-not: the ``glimpse`` step (pip into a venv needs every dependency's wheel) and
-systemd itself (this container runs none; the ``service`` step says so and stops).
+for real under ``DESTDIR`` (as root: ``useradd --prefix``, ``chown``), directly
+and through ssh as ``push --install`` runs it. What does not: the ``glimpse`` step
+(pip into a venv needs every dependency's wheel, which only the wheelhouse
+build downloads) and systemd itself (this container runs none; the ``service``
+step says so and stops).
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from provisioning.install import InstallFailed, InstallOptions, install_script, unit_text
+from loopback_device import SSH_CLIENT_OPTIONS, Sshd
+from provisioning.install import InstallFailed, InstallOptions, install, install_script, unit_text
+from provisioning.push import PushLog, PushOptions
+from provisioning.remote import Remote
 
 WHEELHOUSE = "/var/tmp/glimpse-install/wheelhouse"
 
@@ -120,3 +125,37 @@ def test_script_sets_up_user_directories_and_unit_under_a_fake_root(fake_root):
     assert "install: user: glimpse exists" in again.stdout
     assert [line for line in (fake_root / "etc/passwd").read_text().splitlines()
             if line.startswith("glimpse:")] == [":".join(user)]
+
+
+def test_install_over_ssh_stages_the_wheelhouse_and_runs_the_script_as_root(fake_root, tmp_path):
+    # The device is this machine through the loopback sshd, whose sessions get
+    # DESTDIR (sshd's SetEnv): the real install() sends the wheelhouse with rsync and
+    # runs the generated script through ssh, against the fake root. The glimpse step
+    # (pip) is left out, as above.
+    sshd = Sshd(tmp_path / "sshd", extra_config=(
+        f"SetEnv DESTDIR={fake_root} GLIMPSE_INSTALL_STEPS=\"user directories unit service\"",))
+    wheelhouse = tmp_path / "wheelhouse"
+    wheelhouse.mkdir()
+    (wheelhouse / "glimpse-0.1.0-py3-none-any.whl").write_bytes(b"a wheel, as far as rsync cares")
+    lines: list[str] = []
+    remote = Remote("127.0.0.1", port=sshd.port, user=sshd.user, identity=str(sshd.key),
+                    ssh_options=SSH_CLIENT_OPTIONS)
+    try:
+        # Never run the script against this machine's own root.
+        assert remote.run("printenv DESTDIR").stdout.strip() == str(fake_root)
+        options = install(remote, PushOptions(remote=remote, bundle=tmp_path, data_dir="/var/lib/glimpse",
+                                              daemon_port=9000), wheelhouse, PushLog(lines.append),
+                          staging=str(tmp_path / "staging"))
+    finally:
+        sshd.stop()
+    assert (tmp_path / "staging" / "wheelhouse" / "glimpse-0.1.0-py3-none-any.whl").exists()
+    assert [line.split(None, 2)[2] for line in lines] == [
+        f"sent the wheelhouse {wheelhouse} to {tmp_path / 'staging'}",
+        "user: created system user glimpse",
+        "directories: /var/lib/glimpse (0750), /var/lib/glimpse/bundles (2775, group glimpse)",
+        f"unit: {fake_root}/etc/systemd/system/glimpse.service",
+        "service: systemd is not running here (or DESTDIR is set): enable and start glimpse.service by hand",
+    ]
+    assert "--port 9000" in (fake_root / "etc/systemd/system/glimpse.service").read_text()
+    # The push that follows starts the service (as root, or through sudo) and waits for it.
+    assert "systemctl restart glimpse.service" in options.start_command and options.health_wait >= 120
