@@ -496,7 +496,7 @@ def _describe_state(state: DeviceState, bundle_id: str) -> str:
     others = [name for name in state.bundles if name != state.current]
     text = serving + (f"; also on the device: {', '.join(others)}" if others else "")
     if bundle_id in state.incoming:
-        text += f"; resuming the unfinished transfer of {bundle_id}"
+        text += f"; picking up the earlier transfer of {bundle_id} (only what it lacks is sent)"
     elif bundle_id in state.bundles:
         text += f"; {bundle_id} is already on the device, nothing to send"
     return text
@@ -522,7 +522,7 @@ def _describe_stats(stdout: str) -> str:
         return "done"
     return (f"sent {_megabytes(figures['sent'])} for a {_megabytes(figures['size'])} bundle "
             f"({_megabytes(figures['literal'])} of new data, the rest was on the device); "
-            f"{figures.get('files', 0)} files written")
+            f"{figures.get('files', 0)} file{'' if figures.get('files') == 1 else 's'} written")
 
 
 def _megabytes(size: int) -> str:

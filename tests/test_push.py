@@ -177,7 +177,7 @@ def test_no_daemon_running_changes_nothing_and_a_rerun_sends_nothing(device, ssh
 
     device.start()
     proc = push(device, sshd, new_bundle)
-    assert f"resuming the unfinished transfer of {bundle_id(new_bundle)}" in proc.stdout
+    assert f"picking up the earlier transfer of {bundle_id(new_bundle)}" in proc.stdout
     assert re.search(r"transfer .* 0 files written", proc.stdout), proc.stdout
     assert device.serving() == bundle_id(new_bundle)
 
@@ -220,7 +220,7 @@ def test_killed_transfer_leaves_the_old_bundle_serving_and_a_rerun_resumes(devic
 
     rerun = push(device, sshd, big)
 
-    assert f"resuming the unfinished transfer of {bundle_id(big)}" in rerun.stdout
+    assert f"picking up the earlier transfer of {bundle_id(big)}" in rerun.stdout
     assert _sent_bytes(rerun.stdout) < padding - 2_000_000, rerun.stdout  # the received part was not sent again
     assert device.serving() == bundle_id(big) and device.incoming() == []
 
