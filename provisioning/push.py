@@ -239,8 +239,9 @@ exit 0
                    "--no-owner", "--no-group", "--chmod=D755,F644",
                    # A stalled link fails the step instead of hanging the push.
                    "--timeout=120"]
-        if self.state.current:
-            command.append(f"--link-dest={self.bundles / self.state.current}")
+        if self.state.link:
+            served = posixpath.normpath(self.data_dir / self.state.link)  # an absolute link stays as it is
+            command.append(f"--link-dest={served}")
         command += [*self.options.rsync_options, f"{self.bundle.path}/", self.remote.destination(f"{self.incoming}/")]
         try:
             proc = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL)
@@ -299,7 +300,9 @@ exit 0
         command = f"{shell('ln', '-sfn', text, tmp)} && {shell('mv', '-Tf', tmp, link)}"
         # DATA_DIR belongs to the daemon's user (0750): a login user that may write
         # bundles/ may still need sudo for the link itself.
-        proc = self.remote.run(f'{{ {command}; }} 2>/dev/null || {{ [ "$(id -u)" != 0 ] && sudo -n sh -c {shell(command)}; }}')
+        proc = self.remote.run(f'out=$({{ {command}; }} 2>&1) || '
+                               f'{{ [ "$(id -u)" != 0 ] && sudo -n sh -c {shell(command)} 2>/dev/null; }} || '
+                               f'{{ printf "%s\\n" "$out" >&2; exit 1; }}')
         if proc.returncode != 0:
             raise PushFailed(f"cannot point {link} at {text}: {last_line(proc.stderr)}")
 
@@ -400,13 +403,21 @@ exit 0
                 return f"{previous} is serving again"
             self.log.step("rollback", f"the daemon did not switch back: {_glimpse_error(proc)}", failed=True)
             self.log.begin()
-        # No daemon to ask: point the link back ourselves, so the old bundle is what starts.
+        # The daemon did not switch back (or the old bundle is not under bundles/): point
+        # the link back ourselves, so the old bundle is what a (re)starting daemon serves.
         try:
             self._set_link(link)
         except PushFailed as exc:
             self.log.step("rollback", str(exc), failed=True)
             return f"ROLLBACK FAILED: {exc}; check {self.data_dir / CURRENT_LINK} on the device"
-        self.log.step("rollback", f"{CURRENT_LINK} -> {link} again, what the daemon serves when it starts")
+        self.log.step("rollback", f"{CURRENT_LINK} -> {link} again")
+        if not previous:
+            self.log.begin()
+            proc = self.glimpse("reload", *self.daemon_args(), timeout=VERIFY_TIMEOUT)
+            if proc.returncode == 0:
+                self.log.step("rollback", last_line(proc.stdout))
+                return f"{CURRENT_LINK} points at {link} again and the daemon serves it"
+            self.log.step("rollback", f"the daemon did not reload: {_glimpse_error(proc)}", failed=True)
         return f"{CURRENT_LINK} points at {link} again (the daemon did not answer; it serves that when it starts)"
 
 

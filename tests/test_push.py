@@ -120,18 +120,23 @@ def _glimpse_wrapper(tmp_path: Path, name: str, body: str) -> Path:
     return wrapper
 
 
-def test_failing_health_check_switches_the_daemon_back(device, sshd, new_bundle, tmp_path):
-    # The daemon switches, then its health check fails for the new bundle (as if its
-    # pages broke): injected by a device-side glimpse wrapper, the daemon is real.
-    new = bundle_id(new_bundle)
-    wrapper = _glimpse_wrapper(tmp_path, "glimpse-unhealthy", f"""
+def _unhealthy_when_serving(tmp_path: Path, bad_id: str) -> Path:
+    """A device-side glimpse whose health check fails while the daemon serves ``bad_id``."""
+    return _glimpse_wrapper(tmp_path, "glimpse-unhealthy", f"""
 if [ "$1" = health ]; then
     out=$({GLIMPSE} "$@") || exit $?
-    case "$out" in *{new}*) echo "glimpse: error: the daemon is unhealthy (500 INTERNAL SERVER ERROR)" >&2; exit 2;; esac
+    case "$out" in *{bad_id}*) echo "glimpse: error: the daemon is unhealthy (500 INTERNAL SERVER ERROR)" >&2; exit 2;; esac
     echo "$out"; exit 0
 fi
 exec {GLIMPSE} "$@"
 """)
+
+
+def test_failing_health_check_switches_the_daemon_back(device, sshd, new_bundle, tmp_path):
+    # The daemon switches, then its health check fails for the new bundle (as if its
+    # pages broke): injected by a device-side glimpse wrapper, the daemon is real.
+    new = bundle_id(new_bundle)
+    wrapper = _unhealthy_when_serving(tmp_path, new)
     proc = push(device, sshd, new_bundle, "--remote-glimpse", str(wrapper), check=False)
 
     assert_failed_cleanly(proc, "health")
@@ -141,6 +146,25 @@ exec {GLIMPSE} "$@"
     assert_old_bundle_serving(device)
     # The new bundle waits in .incoming (verified: a re-run sends nothing).
     assert device.incoming() == [new] and new not in os.listdir(device.bundles)
+
+
+def test_rollback_restores_a_current_link_that_points_outside_bundles(device, sshd, new_bundle, tmp_path):
+    # A device set up by hand: `current` is an absolute link to a bundle elsewhere.
+    device.stop()
+    elsewhere = tmp_path / "hand-installed" / "photos-bundle"
+    elsewhere.parent.mkdir()
+    shutil.move(device.bundles / device.initial, elsewhere)
+    (device.data_dir / "current").unlink()
+    (device.data_dir / "current").symlink_to(elsewhere)
+    device.start()
+    new = bundle_id(new_bundle)
+    wrapper = _unhealthy_when_serving(tmp_path, new)
+    proc = push(device, sshd, new_bundle, "--remote-glimpse", str(wrapper), check=False)
+
+    assert_failed_cleanly(proc, "health")
+    assert f"current -> {elsewhere} again" in proc.stdout
+    assert f"now serving bundle {device.initial} (was {new})" in proc.stdout
+    assert device.current() == str(elsewhere) and device.serving() == device.initial
 
 
 def test_daemon_killed_after_the_switch_leaves_the_old_bundle_to_start(device, sshd, new_bundle, tmp_path):
