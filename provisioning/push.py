@@ -60,6 +60,9 @@ INCOMING_DIR = ".incoming"
 PARTIAL_DIR = ".rsync-partial"
 #: Names ``write_manifest`` gives bundles: creation time, then content hash.
 BUNDLE_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
+#: What a bundle id must look like to become a directory name on the device: the id
+#: comes from the manifest, and ``../x`` would reach outside ``bundles/``.
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 #: How long ``glimpse verify`` and ``glimpse reload`` may take on a Pi's SD card
 #: (both read every byte of the bundle).
 VERIFY_TIMEOUT = 1800
@@ -450,6 +453,8 @@ def _push(options: PushOptions, log: PushLog) -> PushResult:
     log.line(f"push {options.bundle} to {remote.login}:{options.data_dir} (ssh port {remote.port})")
     log.begin()
     bundle = Bundle.open(options.bundle, verify="full")
+    if not SAFE_NAME.match(str(bundle.id)):
+        raise PushFailed(f"{options.bundle}: bundle id {bundle.id!r} cannot be a directory name on the device")
     size = sum(entry["size"] for entry in bundle.manifest["files"].values())
     log.step("check", f"bundle {bundle.id}: {len(bundle)} photos, {len(bundle.manifest['files'])} files, "
                       f"{_megabytes(size)}, intact")

@@ -9,6 +9,7 @@ Every failure case ends with the old bundle still serving.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -291,6 +292,16 @@ def test_bundle_altered_on_the_host_is_not_sent(device, sshd, new_bundle):
     assert "items.jsonl was altered" in proc.stderr
     assert os.listdir(device.bundles) == [device.initial]  # the device was not even probed
     assert_old_bundle_serving(device)
+
+
+def test_bundle_id_that_would_leave_the_bundles_directory_is_refused(device, sshd, new_bundle):
+    manifest = json.loads((new_bundle / "manifest.json").read_text())
+    manifest["bundle_id"] = "../../escaped"
+    (new_bundle / "manifest.json").write_text(json.dumps(manifest))
+    proc = push(device, sshd, new_bundle, check=False)
+    assert proc.returncode == 2 and "bundle id '../../escaped' cannot be a directory name" in proc.stderr
+    assert os.listdir(device.bundles) == [device.initial]  # the device was not even probed
+    assert not (device.data_dir.parent / "escaped").exists()
 
 
 def test_unreachable_device_is_a_clear_error(device, sshd, new_bundle):
