@@ -24,6 +24,12 @@ from device.errors import GlimpseError
 _SSH_DEFAULTS = ("BatchMode=yes", "ConnectTimeout=15", "ServerAliveInterval=15", "ServerAliveCountMax=4")
 
 
+#: A Unix socket's path must fit in ``sun_path`` (108 bytes on Linux, with its NUL);
+#: ssh's ``%C`` is 40 hex digits.
+_SOCKET_PATH_MAX = 107
+_CONTROL_NAME = 40
+
+
 class DeviceUnreachable(GlimpseError, ConnectionError):
     """ssh cannot log in to the device (host down, wrong port, key refused...)."""
 
@@ -59,6 +65,9 @@ class Remote:
         ``ControlMaster``): a push runs about eight commands, and a login costs
         more than most of them. The master is closed on the way out."""
         with tempfile.TemporaryDirectory(prefix="glimpse-ssh-") as tmp:
+            if len(tmp) + 1 + _CONTROL_NAME > _SOCKET_PATH_MAX:
+                yield self  # a long TMPDIR: no room for the socket's name; one login per command
+                return
             shared = dataclasses.replace(self, control_dir=tmp)
             try:
                 yield shared

@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -219,8 +220,11 @@ def test_killed_transfer_leaves_the_old_bundle_serving_and_a_rerun_resumes(devic
     incoming = device.bundles / ".incoming" / bundle_id(big)
     args = device.push_args(sshd, big, "--rsync-option=--bwlimit=2000")  # 2 MB/s: about 8 s
     # Its own session, so the kill takes the push and its rsync and ssh children, as a
-    # lost laptop or a pulled cable would.
+    # lost laptop or a pulled cable would. Its own TMPDIR (short: ssh's control socket
+    # lives there), because a killed push cannot remove its temporary directory.
+    tmpdir = Path(tempfile.mkdtemp(prefix="gp-"))
     proc = subprocess.Popen([sys.executable, "-m", *args], cwd=REPO, start_new_session=True,
+                            env=dict(os.environ, TMPDIR=str(tmpdir)),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
@@ -235,6 +239,7 @@ def test_killed_transfer_leaves_the_old_bundle_serving_and_a_rerun_resumes(devic
         proc.wait(timeout=30)
         proc.stdout.close()
         proc.stderr.close()
+        shutil.rmtree(tmpdir, ignore_errors=True)  # the ssh master's socket goes with it
     # The device-side rsync notices the dropped connection and keeps what it received.
     partial = incoming / "extra" / ".rsync-partial" / "padding.bin"
     deadline = time.monotonic() + 30
@@ -374,3 +379,12 @@ def test_first_push_with_a_start_command_starts_the_daemon(tmp_path, sshd, new_b
     assert result.bundle_id == bundle_id(new_bundle) and result.previous is None
     assert any(line.startswith("switch") and "started the daemon" in line for line in lines), lines
     assert any(line.startswith("health") and f"/healthz reports {bundle_id(new_bundle)}" in line for line in lines)
+
+
+def test_push_works_when_tmpdir_is_too_long_for_an_ssh_control_socket(device, sshd, new_bundle, tmp_path):
+    long_tmp = tmp_path / ("t" * 60)
+    long_tmp.mkdir()
+    proc = subprocess.run([sys.executable, "-m", *device.push_args(sshd, new_bundle)], cwd=REPO,
+                          env=dict(os.environ, TMPDIR=str(long_tmp)), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert device.serving() == bundle_id(new_bundle)
