@@ -8,6 +8,7 @@ A bundle is one directory (see ``docs/bundle-format.md``)::
     items.jsonl       one JSON object per item, in embedding row order
     thumbs/<id>.jpg   one thumbnail per item
     previews/<id>.jpg one large display copy per item (optional)
+    originals/<id>.*  the original files (optional)
     report.json       what the build did and which files it skipped, and why
 
 The device opens and verifies bundles here; ``provisioning`` writes them with
@@ -36,6 +37,7 @@ EMBEDDINGS = "embeddings.npy"
 ITEMS = "items.jsonl"
 THUMBS = "thumbs"
 PREVIEWS = "previews"
+ORIGINALS = "originals"
 REPORT = "report.json"
 
 #: How much checking :meth:`Bundle.open` does.
@@ -56,6 +58,7 @@ class Item:
         thumb: thumbnail path relative to the bundle.
         preview: large display copy relative to the bundle, or ``None`` when the
             bundle carries thumbnails only.
+        original: the original file copied into the bundle, or ``None``.
     """
 
     id: str
@@ -67,6 +70,7 @@ class Item:
     taken: str | None
     thumb: str
     preview: str | None = None
+    original: str | None = None
 
     @property
     def folder(self) -> str:
@@ -132,6 +136,9 @@ class Bundle:
             return self._rows[item_id]
         except (KeyError, TypeError):
             raise ItemNotFound(f"no item with id {item_id!r}") from None
+
+    def __contains__(self, item_id) -> bool:
+        return item_id in self._rows
 
     def item(self, item_id: str) -> Item:
         """The :class:`Item` with ``item_id``; raises :class:`ItemNotFound`."""
@@ -223,7 +230,7 @@ def _read_manifest(path: Path) -> dict:
 
 
 #: Large, per-item data that ``quick`` verification checks by size only.
-_BULK = (f"{THUMBS}/", f"{PREVIEWS}/", EMBEDDINGS)
+_BULK = (f"{THUMBS}/", f"{PREVIEWS}/", f"{ORIGINALS}/", EMBEDDINGS)
 
 
 def _check_files(path: Path, files: dict, full: bool) -> None:
@@ -252,7 +259,7 @@ def _read_items(path: Path, manifest: dict) -> list[Item]:
     fields = {f.name for f in dataclasses.fields(Item)}
     try:
         with open(path / ITEMS, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
+            for line in handle:
                 doc = json.loads(line)
                 if not isinstance(doc, dict):
                     raise ValueError("not an object")
@@ -268,8 +275,10 @@ def _read_items(path: Path, manifest: dict) -> list[Item]:
     for item in items:
         if item.thumb not in manifest["files"]:
             raise BundleInvalid(f"{path}: item {item.id} names thumbnail {item.thumb}, not in {MANIFEST}")
-        if item.preview is not None and item.preview not in manifest["files"]:
-            raise BundleInvalid(f"{path}: item {item.id} names preview {item.preview}, not in {MANIFEST}")
+        for kind in ("preview", "original"):
+            named = getattr(item, kind)
+            if named is not None and named not in manifest["files"]:
+                raise BundleInvalid(f"{path}: item {item.id} names {kind} {named}, not in {MANIFEST}")
     return items
 
 

@@ -4,6 +4,9 @@
     glimpse serve [--bundle DIR] [--host 127.0.0.1] [--port 8080] [any setting as --flag]
     glimpse config [--flags]         the effective settings and where each came from
     glimpse reload [--bundle-name NAME]   ask the running daemon to verify and switch bundles
+    glimpse ingest PATH...           add photos to the running daemon
+    glimpse status                   what the daemon serves, ingest progress
+    glimpse admin-token              make an admin token (stored hashed)
     glimpse verify --bundle DIR
     glimpse health [--port 8080] [--wait SECONDS]   print the daemon's /healthz answer
     glimpse selftest [--model DIR]
@@ -48,6 +51,20 @@ def _parser() -> argparse.ArgumentParser:
     settings.add_arguments(reload, ("host", "port"))
     reload.add_argument("--config", type=Path, help=f"configuration file (default {settings.CONFIG_FILE})")
 
+    ingest = commands.add_parser("ingest", help="add photos to the running daemon (searchable within seconds)")
+    ingest.add_argument("paths", nargs="+", type=Path, help="photo files or folders (walked recursively)")
+    ingest.add_argument("--token", help="admin token (default: $GLIMPSE_ADMIN_TOKEN)")
+    settings.add_arguments(ingest, ("host", "port"))
+    ingest.add_argument("--config", type=Path, help=f"configuration file (default {settings.CONFIG_FILE})")
+
+    status = commands.add_parser("status", help="what the running daemon serves, and ingest progress")
+    status.add_argument("--json", action="store_true", help="print the raw JSON")
+    settings.add_arguments(status, ("host", "port"))
+    status.add_argument("--config", type=Path, help=f"configuration file (default {settings.CONFIG_FILE})")
+
+    commands.add_parser("admin-token", help="make a new admin token; prints it once and the line "
+                                                    "to put in the configuration file")
+
     verify = commands.add_parser("verify", help="check every file of a bundle against its manifest")
     verify.add_argument("--bundle", required=True, type=Path, help="bundle directory")
 
@@ -67,14 +84,22 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``glimpse``; returns the exit status."""
     args = _parser().parse_args(argv)
+    return run_command("glimpse", _COMMANDS[args.command], args)
+
+
+def run_command(prog: str, command, args) -> int:
+    """Run one subcommand the way both command lines do: a :class:`GlimpseError`
+    becomes ``PROG: error: ...`` on stderr and its ``exit_status`` (a traceback
+    only with ``--debug``); Ctrl-C exits 130."""
     try:
-        return _COMMANDS[args.command](args)
+        return command(args)
     except GlimpseError as exc:
         if args.debug:
             raise
-        print(f"glimpse: error: {exc}", file=sys.stderr)
-        return 2
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return exc.exit_status
     except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
 
 
@@ -110,36 +135,104 @@ def _config(args) -> int:
     return 0
 
 
-def _daemon_url(effective: settings.Settings, path: str) -> str:
-    """The daemon's URL for ``path`` on this device (a wildcard listen address means loopback)."""
+def _daemon_url(args, path: str) -> str:
+    effective = _settings(args)
     host = "127.0.0.1" if effective.host in {"0.0.0.0", "", "::"} else effective.host
     return f"http://{'[' + host + ']' if ':' in host else host}:{effective.port}{path}"
 
 
-def _reload(args) -> int:
+def _call_daemon(args, path: str, body: bytes | None = None, content_type: str = "application/json",
+                 method: str | None = None):
+    """One request to the running daemon; its JSON answer, or a GlimpseError saying why not."""
     import os
     import urllib.error
     import urllib.request
 
-    effective = _settings(args)
-    url = _daemon_url(effective, "/api/admin/reload")
-    body = json.dumps({"bundle": args.bundle_name} if args.bundle_name else {}).encode()
-    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
-    token = args.token or os.environ.get("GLIMPSE_ADMIN_TOKEN")
+    url = _daemon_url(args, path)
+    request = urllib.request.Request(url, data=body, method=method, headers={"Content-Type": content_type})
+    token = getattr(args, "token", None) or os.environ.get("GLIMPSE_ADMIN_TOKEN")
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(request, timeout=300) as response:
-            answer = json.load(response)
+            return json.load(response)
     except urllib.error.HTTPError as exc:
         try:
             reason = json.load(exc).get("error", exc.reason)
         except ValueError:
             reason = exc.reason
-        raise GlimpseError(f"reload refused ({exc.code}): {reason}") from None
+        raise GlimpseError(f"the daemon refused ({exc.code}): {reason}") from None
     except urllib.error.URLError as exc:
         raise GlimpseError(f"no Glimpse daemon answers at {url}: {exc.reason}") from None
+
+
+def _reload(args) -> int:
+    body = json.dumps({"bundle": args.bundle_name} if args.bundle_name else {}).encode()
+    answer = _call_daemon(args, "/api/admin/reload", body, method="POST")
     print(f"now serving bundle {answer['bundle_id']} (was {answer['previous']})")
+    return 0
+
+
+def _ingest(args) -> int:
+    import uuid
+
+    from device.images import PHOTO_SUFFIXES
+
+    files = []
+    for path in args.paths:
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise GlimpseError(f"{path}: no such file or folder")
+    if not files:
+        raise GlimpseError("no photos to add")
+    counts = {"queued": 0, "duplicate": 0, "refused": 0}
+    for start in range(0, len(files), 8):  # a few per request keeps each under the upload limit
+        boundary = uuid.uuid4().hex
+        body = bytearray()
+        for path in files[start:start + 8]:
+            name = path.name.replace('"', "_")
+            body += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n"
+                     "Content-Type: application/octet-stream\r\n\r\n").encode()
+            body += path.read_bytes() + b"\r\n"
+        body += f"--{boundary}--\r\n".encode()
+        results = _call_daemon(args, "/api/admin/upload", bytes(body), f"multipart/form-data; boundary={boundary}",
+                               method="POST")
+        for result in results:
+            counts[result["status"]] += 1
+            detail = result.get("reason") or result.get("path")
+            print(f"{result['status']:<9} {result['name']}: {detail}")
+    print(f"{counts['queued']} added, {counts['duplicate']} already there, {counts['refused']} refused")
+    return 1 if counts["refused"] else 0
+
+
+def _status(args) -> int:
+    status = _call_daemon(args, "/api/status")
+    if args.json:
+        print(json.dumps(status, indent=1))
+        return 0
+    print(f"bundle {status['bundle_id']}: {status['items']} photos, model {status['model']}, "
+          f"index {status['index'].get('kind')}")
+    print(f"up {status['uptime_seconds']:.0f}s, {status['queries']} searches answered")
+    ingest = status.get("ingest", {})
+    if ingest.get("enabled"):
+        print(f"added on the device: {ingest['ready']} searchable, {ingest['queued']} waiting, "
+              f"{ingest['failed']} unreadable" + (f"; watching {ingest['watching']}" if ingest.get("watching") else ""))
+    else:
+        print("adding photos on the device is off")
+    return 0
+
+
+def _admin_token(args) -> int:
+    import hashlib
+    import secrets
+
+    token = secrets.token_urlsafe(24)
+    print(f"admin token (shown once; keep it): {token}")
+    print(f"put this line in {settings.CONFIG_FILE} and restart glimpse:")
+    print(f"admin_token_sha256 = {hashlib.sha256(token.encode()).hexdigest()}")
     return 0
 
 
@@ -158,7 +251,7 @@ def _health(args) -> int:
     import urllib.error
     import urllib.request
 
-    url = _daemon_url(_settings(args), "/healthz")
+    url = _daemon_url(args, "/healthz")
     deadline = time.monotonic() + max(0.0, args.wait)
     while True:
         try:
@@ -194,5 +287,6 @@ def _selftest(args) -> int:
     return 0
 
 
-_COMMANDS = {"search": _search, "serve": _serve, "config": _config, "reload": _reload,
-             "verify": _verify, "health": _health, "selftest": _selftest}
+_COMMANDS = {"search": _search, "serve": _serve, "config": _config, "reload": _reload, "ingest": _ingest,
+             "status": _status, "admin-token": _admin_token, "verify": _verify, "health": _health,
+             "selftest": _selftest}

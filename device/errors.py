@@ -6,7 +6,13 @@ the matching built-in, so callers may catch either.
 
 
 class GlimpseError(Exception):
-    """Root of every error Glimpse raises on purpose."""
+    """Root of every error Glimpse raises on purpose.
+
+    Attributes:
+        exit_status: what a command line exits with when this error ends it.
+    """
+
+    exit_status = 2
 
 
 class BundleInvalid(GlimpseError, ValueError):
@@ -34,3 +40,7 @@ class ItemNotFound(GlimpseError, KeyError):
 
 class RuntimeMissing(GlimpseError, ImportError):
     """No TFLite interpreter (ai-edge-litert or tflite-runtime) is installed."""
+
+
+class HardwareInvalid(GlimpseError, ValueError):
+    """A front-panel setting (pin, display, command) cannot be used as written."""

@@ -18,7 +18,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from device.errors import ImageUnreadable
 
 #: File endings the library walk looks at (lower case).
-PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp"})
+PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp",
+                            ".heic", ".heif"})
 
 #: A photo over this many pixels is refused as a decompression bomb (a 100 MP
 #: camera frame still passes; a crafted 40k x 40k PNG does not).
@@ -60,6 +61,7 @@ def open_photo(path: Path, min_side: int | None = None, max_pixels: int = MAX_PI
         ImageUnreadable: missing, empty, not an image, truncated, corrupt or too large.
     """
     path = Path(path)
+    _register_heif()
     try:
         if path.stat().st_size == 0:
             raise ImageUnreadable(f"{path.name}: empty file")
@@ -96,6 +98,52 @@ def open_photo(path: Path, min_side: int | None = None, max_pixels: int = MAX_PI
     if orientation in (5, 6, 7, 8):  # rotated by 90 degrees: full size swaps too
         width, height = height, width
     return Photo(image=rgb, width=width, height=height, taken=taken)
+
+
+_heif_registered = False
+
+
+def _register_heif() -> None:
+    """Teach Pillow HEIC/HEIF (phone photos) once, on first use, through pillow-heif."""
+    global _heif_registered
+    if not _heif_registered:
+        try:
+            from pillow_heif import register_heif_opener
+        except ImportError:  # optional: without it HEIC files are reported unreadable
+            pass
+        else:
+            register_heif_opener()
+        _heif_registered = True
+
+
+def check_photo_bytes(data: bytes, name: str = "upload", max_pixels: int = MAX_PIXELS) -> str:
+    """Check that ``data`` is an image Pillow can read, without decoding its pixels.
+
+    Returns:
+        Pillow's format name (``JPEG``, ``PNG``, ``HEIF``...).
+
+    Raises:
+        ImageUnreadable: empty, not an image, or over ``max_pixels`` (a decompression bomb).
+    """
+    import io
+
+    _register_heif()
+    if not data:
+        raise ImageUnreadable(f"{name}: empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+                fmt = img.format or "unknown"
+    except Image.DecompressionBombError:
+        raise ImageUnreadable(f"{name}: refused as a decompression bomb") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):
+        raise ImageUnreadable(f"{name}: not an image Pillow can read") from None
+    if width * height > max_pixels:
+        raise ImageUnreadable(f"{name}: {width}x{height} pixels is over the limit of {max_pixels}; "
+                              "refused as a decompression bomb")
+    return fmt
 
 
 def _exif_date(img: Image.Image) -> str | None:

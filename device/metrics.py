@@ -31,6 +31,10 @@ class Metrics:
                                  ["endpoint"], buckets=BUCKETS, registry=self.registry)
         self.reloads = Counter("glimpse_reloads", "Bundle reloads, by result.", ["result"],
                                registry=self.registry)
+        self.added = Counter("glimpse_uploaded_photos", "Photos accepted for adding on the device.",
+                             registry=self.registry)
+        self.button = Counter("glimpse_button_events", "Front-panel button events, by kind (press, hold).",
+                              ["event"], registry=self.registry)
         self.items = Gauge("glimpse_items", "Photos in the bundle being served.", registry=self.registry)
         self.model = Gauge("glimpse_model_info", "The model being served (always 1).", ["model", "bundle_id"],
                            registry=self.registry)

@@ -18,7 +18,7 @@ import numpy as np
 from device import query as query_syntax
 from device.bundle import Bundle, Item
 from device.encoders import EncoderOptions, TextEncoder
-from device.errors import QueryInvalid
+from device.errors import ItemNotFound, QueryInvalid
 from device.index import ExactIndex, top_k
 
 #: Longest query accepted, in characters. The text tower reads 64 tokens; a
@@ -166,10 +166,12 @@ class Searcher:
     Thread-safe: the web server calls :meth:`search` from several threads.
     """
 
-    def __init__(self, bundle: Bundle, encoder: TextEncoder, options: SearcherOptions):
+    def __init__(self, bundle: Bundle, encoder: TextEncoder, options: SearcherOptions, delta=None):
         self.bundle = bundle
         self.encoder = encoder
         self.options = options
+        #: Photos added on the device (:class:`device.ingest.DeltaLayer`), searched with the bundle.
+        self.delta = delta
         self.index = ExactIndex(bundle.embeddings)
         self._lock = threading.Lock()
         self._row_cache: dict = {}
@@ -221,7 +223,7 @@ class Searcher:
         total = np.zeros(self.encoder.dim, dtype=np.float32)
         for term in terms:
             if term.item_id is not None:
-                vector = np.asarray(self.bundle.embeddings[self.bundle.row(term.item_id)], dtype=np.float32)
+                vector = self.embedding_of(term.item_id)
             else:
                 vector = self.encoder.embed(term.text)
             total += np.float32(term.weight) * vector
@@ -237,32 +239,69 @@ class Searcher:
             ItemNotFound: no such photo.
             QueryInvalid: bad ``k``/``offset``.
         """
-        row = self.bundle.row(item_id)
+        vector = self.embedding_of(item_id)
         k, offset = _check_page(k, offset)
-        vector = np.asarray(self.bundle.embeddings[row], dtype=np.float32)
-        return self.search_vector(vector, k, offset, filters, exclude=row)
+        return self.search_vector(vector, k, offset, filters, exclude=item_id)
 
     def search_vector(self, vector, k: int = 5, offset: int = 0, filters: Filters = NO_FILTERS,
-                      exclude: int | None = None) -> list[Result]:
+                      exclude: str | None = None) -> list[Result]:
         """Like :meth:`search` for an embedding already in the shared space."""
+        vector = np.asarray(vector, dtype=np.float32)
         want = offset + k + (1 if exclude is not None else 0)
         if filters.restricts_rows:
             rows = self._allowed_rows(filters)
-            sub = np.asarray(self.bundle.embeddings[rows]) @ np.asarray(vector, dtype=np.float32)
+            sub = np.asarray(self.bundle.embeddings[rows]) @ vector
             picked, scores = top_k(sub, want)
             picked = rows[picked]
         else:
             picked, scores = self.index.search(vector, want)
-        hits = [(int(r), float(s)) for r, s in zip(picked, scores) if int(r) != exclude]
+        hits = [(self.bundle.items[int(r)], float(s)) for r, s in zip(picked, scores)]
+        if self.delta is not None and len(self.delta):
+            admit = filters.admits if filters.restricts_rows else None
+            extra = [(item, s) for item, s in self.delta.scores(vector, admit) if item.id not in self.bundle]
+            # Merge by score; on a tie the bundle's photo comes first (sort is stable).
+            hits = sorted(hits + extra, key=lambda hit: -hit[1])[:want]
+        hits = [(item, s) for item, s in hits if item.id != exclude]
         if filters.min_score is not None:
-            hits = [(r, s) for r, s in hits if s >= filters.min_score]
+            hits = [(item, s) for item, s in hits if s >= filters.min_score]
         hits = hits[offset:offset + k]
-        return [Result(rank=offset + i + 1, score=s, item=self.bundle.items[r]) for i, (r, s) in enumerate(hits)]
+        return [Result(rank=offset + i + 1, score=s, item=item) for i, (item, s) in enumerate(hits)]
+
+    def item(self, item_id: str) -> Item:
+        """A photo of the bundle or added on the device; raises :class:`ItemNotFound`."""
+        try:
+            return self.bundle.item(item_id)
+        except ItemNotFound:
+            if self.delta is None:
+                raise
+            return self.delta.item(item_id)
+
+    def embedding_of(self, item_id: str) -> np.ndarray:
+        """The stored embedding of a photo; raises :class:`ItemNotFound`."""
+        if item_id in self.bundle:
+            return np.asarray(self.bundle.embeddings[self.bundle.row(item_id)], dtype=np.float32)
+        if self.delta is not None:
+            return self.delta.embedding(item_id)
+        raise ItemNotFound(f"no item with id {item_id!r}")
+
+    def file(self, relative: str):
+        """Path of a bundle file or of an added photo's rendition; raises :class:`ItemNotFound`."""
+        try:
+            return self.bundle.file(relative)
+        except ItemNotFound:
+            if self.delta is None:
+                raise
+            return self.delta.store.file(relative)
+
+    def all_items(self) -> list[Item]:
+        """The bundle's photos, then those added on the device (for browsing)."""
+        extra = [i for i in self.delta.items if i.id not in self.bundle] if self.delta is not None else []
+        return self.bundle.items + extra if extra else self.bundle.items
 
     def folders(self) -> list[str]:
         """Every folder that holds photos, and their parents, sorted (for the filter menu)."""
         found = set()
-        for item in self.bundle.items:
+        for item in self.all_items():
             parts = item.folder.split("/") if item.folder else []
             for depth in range(1, len(parts) + 1):
                 found.add("/".join(parts[:depth]))

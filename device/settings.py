@@ -127,8 +127,63 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("admin_token_sha256", "", "str",
             "sha256 (hex) of the admin token; admin API calls need `Authorization: Bearer TOKEN`. "
             "Empty: admin calls are accepted from loopback only."),
+    # The front panel and the kiosk (docs/kiosk.md). Every part is optional: an unset pin
+    # or display means there is none, and the daemon serves as before.
+    Setting("button_pin", "", "str",
+            "GPIO of the front button (BCM number such as 17, or a gpiozero name such as GPIO17 or BOARD11); "
+            "empty: no button."),
+    Setting("button_hold_time", 3.0, "float",
+            "Seconds the button must be held to ask for a shutdown.", minimum=0.01, maximum=60.0),
+    Setting("button_bounce_time", 0.05, "float",
+            "Debounce: edges closer than this many seconds after a change are ignored (0: none).",
+            minimum=0.0, maximum=1.0),
+    Setting("button_pull_up", True, "bool",
+            "The button connects its pin to ground (internal pull-up); false: to 3V3 (pull-down)."),
+    Setting("shutdown_command", "", "str",
+            "Command run when the button is held, split like a shell line but run without one, "
+            "e.g. `systemctl poweroff` (its program must be found at start-up); "
+            "empty: holding the button does nothing."),
+    Setting("saved_queries", "a sunset|a dog|food on a plate|the sea|a city at night|flowers", "str",
+            "'Surprise me' queries the button runs in turn when nobody has searched, separated by | "
+            "(or by commas when there is no |); empty: the button only steps through results."),
+    Setting("led_pin", "", "str",
+            "Status LED: one GPIO, or three separated by commas (red,green,blue) for an RGB LED; empty: no LED."),
+    Setting("led_active_high", True, "bool",
+            "The LED lights when its pin is high; false for LEDs wired to 3V3 and common-anode RGB LEDs."),
+    Setting("display", "none", "str", "Small display on the Pi's I2C (OLED) or SPI (LCD) bus.",
+            choices=("none", "ssd1306", "sh1106", "st7735", "ili9341")),
+    Setting("display_size", "", "str",
+            "Display size WIDTHxHEIGHT in pixels, e.g. 128x32; empty: the model's usual size "
+            "(128x64, 128x64, 160x128, 320x240)."),
+    Setting("display_rotate", 0, "int", "Turn the picture by this many quarter turns clockwise.",
+            minimum=0, maximum=3),
+    Setting("display_i2c_address", "0x3C", "str", "I2C address of an OLED (ssd1306, sh1106) on bus 1."),
+    Setting("display_spi_device", 0, "int", "SPI chip select of an LCD (st7735, ili9341) on bus 0: 0 (CE0) or 1 (CE1).",
+            minimum=0, maximum=1),
+    Setting("display_dc_pin", 24, "int", "GPIO (BCM) wired to the LCD's D/C line.", minimum=0, maximum=27),
+    Setting("display_reset_pin", 25, "int", "GPIO (BCM) wired to the LCD's RST line.", minimum=0, maximum=27),
+    Setting("display_fps", 2.0, "float",
+            "Most display redraws per second; a redraw happens only when something changed.",
+            minimum=0.1, maximum=30.0),
+    Setting("slideshow_results", 12, "int",
+            "Results of a search the button and the kiosk page step through.", minimum=1, maximum=200),
+    Setting("kiosk_interval", 8.0, "float",
+            "Seconds each photo stays on the kiosk page (/kiosk) before the next.", minimum=1.0, maximum=3600.0),
     Setting("shutdown_timeout", 10.0, "float",
             "Seconds SIGTERM waits for requests in flight before exiting.", minimum=0.0, maximum=300.0),
+    Setting("ingest", "auto", "str",
+            "Adding photos on the device (upload, watched folder, glimpse ingest): on, off, or auto "
+            "(on when serving DATA_DIR/current, off with an explicit --bundle). State lives in DATA_DIR.",
+            choices=("auto", "on", "off")),
+    Setting("watch_dir", "", "path",
+            "A folder to watch for new photos (a USB stick's mount point, a network share); empty: none."),
+    Setting("watch_interval", 10.0, "float", "Seconds between two scans of the watched folder.",
+            minimum=1.0, maximum=3600.0),
+    Setting("max_upload_mb", 50, "int", "Largest upload accepted, in megabytes (all files of one request).",
+            minimum=1, maximum=2048),
+    Setting("ingest_queue_max", 1000, "int",
+            "Photos waiting to be embedded before uploads are refused with 503 (try again later).",
+            minimum=1, maximum=1_000_000),
     Setting("log_level", "info", "str", "Log level.", choices=("debug", "info", "warning", "error")),
 )
 

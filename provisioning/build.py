@@ -14,6 +14,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -26,12 +27,19 @@ from device import images
 from device.encoders import EncoderOptions, ImageEncoder
 from device.errors import GlimpseError, ImageUnreadable
 from device.model import SPEC_NAME, default_model_dir, read_spec, sha256_file
+from provisioning.cache import BuildCache, HashCache, default_cache_dir
 
 THUMB_FORMATS = {"jpeg": ("JPEG", ".jpg"), "webp": ("WEBP", ".webp")}
 
 
 class BuildFailed(GlimpseError, RuntimeError):
     """The build could not produce a bundle (no photos, output in the way...)."""
+
+
+class BuildInterrupted(GlimpseError, RuntimeError):
+    """Ctrl-C during a build; the cache keeps what was done."""
+
+    exit_status = 130
 
 
 @dataclasses.dataclass
@@ -46,7 +54,12 @@ class BuildOptions:
         thumb_format: ``jpeg`` or ``webp`` (previews use it too).
         preview_size: longest side of the display copies the photo page shows;
             0 leaves them out (thumbnails only: a smaller bundle).
-        workers: decoding processes (0: as many as CPUs).
+        originals: ``none`` (default), or ``copy`` to put the original files in
+            the bundle (``originals/<id><ext>``) so the device can serve them.
+        workers: decoding and embedding processes (0: as many as CPUs).
+        cache_dir: where embeddings and renditions are cached between builds
+            (default ``~/.cache/glimpse``); ``None`` with ``use_cache=False`` disables it.
+        use_cache: read and write the build cache.
         force: replace ``out`` if it exists.
         progress: print a progress line to stderr.
     """
@@ -57,14 +70,20 @@ class BuildOptions:
     thumb_size: int = 320
     thumb_format: str = "jpeg"
     preview_size: int = 1280
+    originals: str = "none"
     workers: int = 0
+    cache_dir: Path | None = None
+    use_cache: bool = True
     force: bool = False
     progress: bool = True
 
 
+ORIGINALS_MODES = ("none", "copy")
+
+
 @dataclasses.dataclass
-class _Decoded:
-    pixels: np.ndarray  # uint8 (size, size, 3)
+class _Processed:
+    vector: np.ndarray
     thumb: bytes
     preview: bytes | None
     width: int
@@ -72,17 +91,29 @@ class _Decoded:
     taken: str | None
 
 
-def _decode(job: tuple[str, int, int, int, str]):
-    """Worker: decode one photo into tower input, thumbnail and preview (or a reason)."""
-    path, size, thumb_size, preview_size, thumb_format = job
+_worker_encoder = None
+
+
+def _init_worker(model_dir: str) -> None:
+    """Worker start-up: ignore Ctrl-C (the parent stops us) and load our own image tower."""
+    global _worker_encoder
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _worker_encoder = ImageEncoder.create_from_options(
+        EncoderOptions(model_dir=Path(model_dir), num_threads=1, verify=False))
+
+
+def _process(job: tuple[str, int, int, str]):
+    """Worker: decode, embed and render one photo (or return why it cannot be used)."""
+    path, thumb_size, preview_size, thumb_format = job
+    size = _worker_encoder.input_size
     try:
         photo = images.open_photo(Path(path), min_side=max(size, thumb_size, preview_size))
     except ImageUnreadable as exc:
         return str(exc)
-    pixels = images.tower_input(photo.image, size)[0].astype(np.uint8)
-    return _Decoded(pixels, _encode(photo.image, thumb_size, thumb_format),
-                    _encode(photo.image, preview_size, thumb_format) if preview_size else None,
-                    photo.width, photo.height, photo.taken)
+    vector = _worker_encoder.embed_image(photo.image)
+    return _Processed(vector, _encode(photo.image, thumb_size, thumb_format),
+                      _encode(photo.image, preview_size, thumb_format) if preview_size else None,
+                      photo.width, photo.height, photo.taken)
 
 
 def _encode(image, max_side: int, fmt: str) -> bytes:
@@ -105,28 +136,30 @@ def walk(root: Path) -> tuple[list[Path], list[Path]]:
 
 
 class _Progress:
-    """One self-overwriting stderr line: count, rate, ETA."""
+    """One self-overwriting stderr line: count, rate, ETA (rate of the photos processed now)."""
 
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.enabled, self.start, self.last = total, enabled, time.monotonic(), 0.0
+    def __init__(self, total: int, enabled: bool, already: int = 0):
+        self.total, self.enabled, self.already = total, enabled, already
+        self.start, self.last = time.monotonic(), 0.0
 
     def update(self, done: int, final: bool = False) -> None:
         now = time.monotonic()
         if not self.enabled or (not final and now - self.last < 0.2):
             return
         self.last = now
-        rate = done / max(now - self.start, 1e-9)
-        eta = (self.total - done) / rate if rate > 0 else 0.0
-        end = "\n" if final else ""
-        print(f"\rembedding photos: {done}/{self.total} ({rate:.1f}/s, ETA {eta:.0f}s)   ",
-              end=end, file=sys.stderr, flush=True)
+        rate = (done - self.already) / max(now - self.start, 1e-9)
+        eta = f"ETA {(self.total - done) / rate:.0f}s" if rate > 0 and done < self.total else "done"
+        cached = f", {self.already} from the cache" if self.already else ""
+        print(f"\rembedding photos: {done}/{self.total} ({rate:.1f}/s{cached}, {eta})   ",
+              end="\n" if final else "", file=sys.stderr, flush=True)
 
 
 def build(options: BuildOptions) -> dict:
     """Build a bundle from ``options.images`` into ``options.out``.
 
     The bundle is written to a temporary sibling directory and moved into place
-    at the end, so ``out`` is never half-written.
+    at the end, so ``out`` is never half-written. Photos already embedded by an
+    earlier (or interrupted) build with the same model come from the cache.
 
     Returns:
         The build report (also written to ``report.json`` in the bundle).
@@ -134,6 +167,7 @@ def build(options: BuildOptions) -> dict:
     Raises:
         BuildFailed: the library is missing or has no usable photo, or ``out``
             exists and ``force`` is not set.
+        BuildInterrupted: Ctrl-C; what was embedded so far stays cached.
         ModelInvalid: the model directory is unusable.
     """
     started = time.monotonic()
@@ -141,6 +175,8 @@ def build(options: BuildOptions) -> dict:
     out = Path(options.out).resolve()
     if options.thumb_format not in THUMB_FORMATS:
         raise BuildFailed(f"thumbnail format must be one of {', '.join(THUMB_FORMATS)}")
+    if options.originals not in ORIGINALS_MODES:
+        raise BuildFailed(f"originals must be one of {', '.join(ORIGINALS_MODES)}")
     if not root.is_dir():
         raise BuildFailed(f"{root}: no such photo folder")
     if out.exists() and not options.force:
@@ -148,16 +184,18 @@ def build(options: BuildOptions) -> dict:
     if out == root or root in out.parents:
         raise BuildFailed(f"the bundle ({out}) must not be inside the photo folder ({root})")
     model_dir = Path(options.model_dir) if options.model_dir else default_model_dir()
-    encoder = ImageEncoder.create_from_options(EncoderOptions(model_dir=model_dir))
-    spec = encoder.spec
+    spec = read_spec(model_dir)  # verifies every model file once, here
 
+    cache_dir = Path(options.cache_dir) if options.cache_dir else default_cache_dir()
+    cache = BuildCache(cache_dir, spec.full_id) if options.use_cache else None
+    hashes = HashCache(cache_dir) if options.use_cache else None
     photos, others = walk(root)
     skipped = [{"path": p.relative_to(root).as_posix(), "reason": "not a photo file type"} for p in others]
     duplicates, unique = [], {}
     for path in photos:
         relative = path.relative_to(root).as_posix()
         try:
-            digest = sha256_file(path)
+            digest = hashes.sha256(path, sha256_file) if hashes else sha256_file(path)
         except OSError as exc:
             skipped.append({"path": relative, "reason": f"unreadable: {exc.strerror}"})
             continue
@@ -165,26 +203,32 @@ def build(options: BuildOptions) -> dict:
             duplicates.append({"path": relative, "same_as": unique[digest][0]})
         else:
             unique[digest] = (relative, path)
+    if hashes:
+        hashes.close()
 
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        items, vectors = _embed_all(unique, encoder, options, work, skipped)
+        items, vectors, embedded = _embed_all(unique, model_dir, spec, options, cache, work, skipped)
         if not items:
             raise BuildFailed(f"{root}: no usable photo found ({len(skipped)} files skipped)")
         _copy_model(model_dir, work / bundle_format.MODEL_DIR)
-        np.save(work / bundle_format.EMBEDDINGS, np.asarray(vectors, dtype=np.float32))
+        np.save(work / bundle_format.EMBEDDINGS, np.asarray(vectors, dtype=np.float32).reshape(len(items), spec.dim))
         with open(work / bundle_format.ITEMS, "w", encoding="utf-8") as handle:
             for item in items:
                 handle.write(json.dumps(item.to_json(), ensure_ascii=False) + "\n")
+        seconds = time.monotonic() - started
         report = {
             "library": str(root),
             "model": spec.full_id,
             "photos_found": len(photos),
             "items": len(items),
+            "embedded": embedded,
+            "from_cache": len(items) - embedded,
             "duplicates": duplicates,
             "skipped": skipped,
-            "seconds": round(time.monotonic() - started, 2),
+            "seconds": round(seconds, 2),
+            "photos_per_second": round(len(unique) / seconds, 1) if seconds > 0 else None,
         }
         (work / bundle_format.REPORT).write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n",
                                                  encoding="utf-8")
@@ -192,7 +236,7 @@ def build(options: BuildOptions) -> dict:
             work, spec, len(items),
             extra={"index": {"kind": "exact"},
                    "builder": {"glimpse": _version(), "thumb_size": options.thumb_size,
-                               "preview_size": options.preview_size}},
+                               "preview_size": options.preview_size, "originals": options.originals}},
         )
         report["bundle_id"] = manifest["bundle_id"]
         if out.exists():
@@ -201,52 +245,97 @@ def build(options: BuildOptions) -> dict:
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
-        encoder.close()
+        if cache:
+            cache.close()
     return report
 
 
-def _embed_all(unique: dict, encoder: ImageEncoder, options: BuildOptions, work: Path, skipped: list):
-    thumbs = work / bundle_format.THUMBS
-    thumbs.mkdir()
+def _embed_all(unique: dict, model_dir: Path, spec, options: BuildOptions, cache, work: Path, skipped: list):
+    """Embed every unique photo (cached ones without decoding); items in library order."""
     suffix = THUMB_FORMATS[options.thumb_format][1]
-    size = encoder.input_size
-    jobs = [(str(path), size, options.thumb_size, options.preview_size, options.thumb_format)
-            for _, path in unique.values()]
+    (work / bundle_format.THUMBS).mkdir()
     if options.preview_size:
         (work / bundle_format.PREVIEWS).mkdir()
-    keys = list(unique)
-    workers = options.workers or os.cpu_count() or 1
-    progress = _Progress(len(jobs), options.progress)
+    if options.originals == "copy":
+        (work / bundle_format.ORIGINALS).mkdir()
+    results: dict[str, _Processed] = {}
+    todo = []
+    for digest in unique:
+        hit = _from_cache(cache, digest, options, suffix) if cache else None
+        if hit is not None:
+            results[digest] = hit
+        else:
+            todo.append(digest)
+
+    progress = _Progress(len(unique), options.progress, already=len(results))
+    if todo:
+        workers = min(options.workers or os.cpu_count() or 1, len(todo))
+        jobs = [(str(unique[d][1]), options.thumb_size, options.preview_size, options.thumb_format) for d in todo]
+        # spawn, not fork: each worker loads its own small interpreter and nothing
+        # of the parent's state; the parent only writes files.
+        pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker,
+                                                         initargs=(str(model_dir),))
+        try:
+            for done_count, (digest, outcome) in enumerate(zip(todo, pool.imap(_process, jobs, chunksize=2)), 1):
+                if isinstance(outcome, str):
+                    skipped.append({"path": unique[digest][0], "reason": outcome})
+                else:
+                    results[digest] = outcome
+                    if cache:
+                        _to_cache(cache, digest, outcome, options, suffix)
+                progress.update(len(unique) - len(todo) + done_count)
+            pool.close()
+        except KeyboardInterrupt:
+            raise BuildInterrupted(
+                f"interrupted: {len(results)} of {len(unique)} photos are done and cached; "
+                "run the same command again to resume") from None
+        finally:
+            pool.terminate()
+            pool.join()
+    progress.update(len(unique), final=True)
+
     items, vectors = [], []
-    # fork would copy the loaded interpreter into every worker; spawn keeps them small.
-    context = multiprocessing.get_context("spawn")
-    pool = context.Pool(min(workers, max(1, len(jobs))))
-    try:
-        for done, (digest, decoded) in enumerate(zip(keys, pool.imap(_decode, jobs, chunksize=4)), 1):
-            relative, path = unique[digest]
-            if isinstance(decoded, str):
-                skipped.append({"path": relative, "reason": decoded})
-            else:
-                vectors.append(encoder.embed_pixels(decoded.pixels))
-                ident = bundle_format.item_id(digest)
-                thumb = f"{bundle_format.THUMBS}/{ident}{suffix}"
-                (work / thumb).write_bytes(decoded.thumb)
-                preview = None
-                if decoded.preview is not None:
-                    preview = f"{bundle_format.PREVIEWS}/{ident}{suffix}"
-                    (work / preview).write_bytes(decoded.preview)
-                items.append(bundle_format.Item(
-                    id=ident, path=relative, size=path.stat().st_size, sha256=digest,
-                    width=decoded.width, height=decoded.height, taken=decoded.taken, thumb=thumb,
-                    preview=preview,
-                ))
-            progress.update(done)
-        progress.update(len(jobs), final=True)
-        pool.close()
-    finally:
-        pool.terminate()
-        pool.join()
-    return items, vectors
+    for digest, (relative, path) in unique.items():
+        done = results.get(digest)
+        if done is None:
+            continue
+        ident = bundle_format.item_id(digest)
+        thumb = f"{bundle_format.THUMBS}/{ident}{suffix}"
+        (work / thumb).write_bytes(done.thumb)
+        preview = None
+        if done.preview is not None:
+            preview = f"{bundle_format.PREVIEWS}/{ident}{suffix}"
+            (work / preview).write_bytes(done.preview)
+        original = None
+        if options.originals == "copy":
+            original = f"{bundle_format.ORIGINALS}/{ident}{path.suffix.lower()}"
+            shutil.copyfile(path, work / original)
+        items.append(bundle_format.Item(
+            id=ident, path=relative, size=path.stat().st_size, sha256=digest, width=done.width,
+            height=done.height, taken=done.taken, thumb=thumb, preview=preview, original=original))
+        vectors.append(done.vector)
+    embedded = sum(1 for digest in todo if digest in results)
+    return items, vectors, embedded
+
+
+def _from_cache(cache, digest: str, options: BuildOptions, suffix: str):
+    cached = cache.get(digest)
+    if cached is None:
+        return None
+    thumb = cache.get_rendition(digest, "thumb", options.thumb_size, suffix)
+    preview = cache.get_rendition(digest, "preview", options.preview_size, suffix) if options.preview_size else None
+    if thumb is None or (options.preview_size and preview is None):
+        return None  # another thumbnail size or format: decode again
+    vector, width, height, taken = cached
+    return _Processed(vector, thumb, preview, width, height, taken)
+
+
+def _to_cache(cache, digest: str, done: _Processed, options: BuildOptions, suffix: str) -> None:
+    # Renditions first: an embedding row marks the photo as done.
+    cache.put_rendition(digest, "thumb", options.thumb_size, suffix, done.thumb)
+    if done.preview is not None:
+        cache.put_rendition(digest, "preview", options.preview_size, suffix, done.preview)
+    cache.put(digest, done.vector, done.width, done.height, done.taken)
 
 
 def _copy_model(model_dir: Path, dest: Path) -> None:

@@ -3,6 +3,7 @@
     glimpse-provision build --images DIR --out BUNDLE_DIR [--model DIR] [--force]
     glimpse-provision demo --out BUNDLE_DIR          (scikit-image's photos)
     glimpse-provision model default --out DIR [--variant int8|float32]   (needs PyTorch)
+    glimpse-provision wheelhouse --platform linux_aarch64 --python 3.11 [--python 3.13 ...] --out DIR
     glimpse-provision push HOST --bundle DIR [--port 22] [--user U] [--identity KEY] [--keep 3]
                       [--install [--wheelhouse DIR]]   send, verify, switch, check, or roll back
     glimpse-provision fleet --inventory FILE --bundle DIR   push to every host (ansible-playbook)
@@ -15,11 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-import sys
 import tempfile
 from pathlib import Path
 
-from device.errors import GlimpseError
+from device.cli import run_command
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,6 +42,18 @@ def _parser() -> argparse.ArgumentParser:
     model.add_argument("--out", required=True, type=Path, help="model directory to write")
     model.add_argument("--variant", choices=["int8", "float32"], default="int8",
                        help="tower precision (default int8)")
+
+    wheelhouse = commands.add_parser(
+        "wheelhouse", help="download every wheel a device needs, for installing without internet")
+    wheelhouse.add_argument("--platform", default="linux_aarch64",
+                            help="device platform (default linux_aarch64: 64-bit Raspberry Pi OS)")
+    wheelhouse.add_argument("--python", action="append", required=True, metavar="X.Y",
+                            help="device Python version; repeat for several (3.11: Bookworm, 3.13: Trixie)")
+    wheelhouse.add_argument("--glibc", default=None, metavar="X.Y",
+                            help="oldest device glibc (default 2.36, Pi OS Bookworm)")
+    wheelhouse.add_argument("--out", required=True, type=Path, help="wheelhouse directory to fill")
+    wheelhouse.add_argument("--source", type=Path,
+                            help="Glimpse source tree to build the wheel from (default: this checkout)")
 
     push = commands.add_parser(
         "push", help="send a bundle to a device over ssh, switch to it, roll back if anything fails")
@@ -93,7 +105,13 @@ def _build_options(parser) -> None:
                         help="thumbnail and preview format")
     parser.add_argument("--preview-size", type=int, default=1280,
                         help="longest side of the display copy on the photo page (default 1280; 0: none)")
-    parser.add_argument("--workers", type=int, default=0, help="decoding processes (default: CPU count)")
+    parser.add_argument("--originals", choices=["none", "copy"], default="none",
+                        help="copy the original photos into the bundle (default: none, thumbnails and previews only)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="decoding and embedding processes (default: CPU count)")
+    parser.add_argument("--cache-dir", type=Path,
+                        help="build cache: embeddings and thumbnails of photos seen before (default ~/.cache/glimpse)")
+    parser.add_argument("--no-cache", action="store_true", help="neither read nor write the build cache")
     parser.add_argument("--force", action="store_true", help="replace the output bundle if it exists")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
 
@@ -101,17 +119,7 @@ def _build_options(parser) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``glimpse-provision``; returns the exit status."""
     args = _parser().parse_args(argv)
-    try:
-        return _COMMANDS[args.command](args)
-    except GlimpseError as exc:
-        if args.debug:
-            raise
-        print(f"glimpse-provision: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        done = "see the push log above" if args.command in {"push", "fleet"} else "nothing was written"
-        print(f"glimpse-provision: interrupted; {done}", file=sys.stderr)
-        return 130
+    return run_command("glimpse-provision", _COMMANDS[args.command], args)
 
 
 def _run_build(args, images: Path) -> int:
@@ -119,10 +127,12 @@ def _run_build(args, images: Path) -> int:
 
     report = build(BuildOptions(images=images, out=args.out, model_dir=args.model,
                                 thumb_size=args.thumb_size, thumb_format=args.thumb_format,
-                                preview_size=args.preview_size,
+                                preview_size=args.preview_size, originals=args.originals,
+                                cache_dir=args.cache_dir, use_cache=not args.no_cache,
                                 workers=args.workers, force=args.force, progress=not args.quiet))
     print(f"bundle {report['bundle_id']}: {report['items']} photos in {args.out} "
-          f"({report['seconds']}s, model {report['model']})")
+          f"({report['seconds']}s, {report['embedded']} embedded, {report['from_cache']} from the cache, "
+          f"model {report['model']})")
     if report["duplicates"]:
         print(f"{len(report['duplicates'])} duplicate files kept once")
     for entry in report["skipped"]:
@@ -148,6 +158,19 @@ def _model(args) -> int:
 
     spec = default_model.build(args.out, variant=args.variant)
     print(json.dumps(spec.extra["parity"]))
+    return 0
+
+
+def _wheelhouse(args) -> int:
+    from provisioning import wheelhouse
+
+    targets = [wheelhouse.parse_target(python, args.platform, args.glibc or wheelhouse.DEFAULT_GLIBC)
+               for python in dict.fromkeys(args.python)]  # repeated versions count once
+    manifest = wheelhouse.build(targets, args.out, source=args.source)
+    for target in manifest["targets"]:
+        print(f"CPython {target['python']} {target['platform']}: {len(target['wheels'])} wheels")
+    print(f"wheelhouse {args.out} ({wheelhouse.MANIFEST} lists them); on the device: "
+          f"pip install --no-index --find-links DIR '{manifest['requirement']}'")
     return 0
 
 
@@ -182,4 +205,5 @@ def _fleet(args) -> int:
     return fleet.run(args.inventory, args.bundle, limit=args.limit, forks=args.forks)
 
 
-_COMMANDS = {"build": _build, "demo": _demo, "model": _model, "push": _push, "fleet": _fleet}
+_COMMANDS = {"build": _build, "demo": _demo, "model": _model, "wheelhouse": _wheelhouse, "push": _push,
+             "fleet": _fleet}

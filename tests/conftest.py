@@ -1,14 +1,17 @@
 """Shared fixtures: the committed default model, a small photo library, a bundle.
 
 Tests marked ``host`` need PyTorch and litert-torch and run in ``.venv-host``
-(``make test`` runs both sets); elsewhere they fail on the missing import.
+(``make test`` runs both sets); elsewhere they fail on the missing import. Tests
+marked ``pi`` run Glimpse on emulated Raspberry Pi CPUs (``make test-pi``).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -29,6 +32,16 @@ LIBRARY_PHOTOS = {
     "moon.png": "space/moon.png",
     "brick.png": "brick-wall.png",
 }
+
+
+def pytest_configure(config):
+    # Builds cache embeddings under $XDG_CACHE_HOME; keep the tests' cache out of
+    # the user's (subprocesses inherit this).
+    os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="glimpse-test-cache-")
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(os.environ.get("XDG_CACHE_HOME", ""), ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -78,3 +78,28 @@ def test_unit_file_passes_systemd_analyze_verify(tmp_path):
                  "ProtectHome=yes", "PrivateTmp=yes", "ReadWritePaths=/var/lib/glimpse",
                  "RestrictAddressFamilies=", "MemoryMax=", "Restart=on-failure", "User=glimpse"):
         assert line in unit
+
+
+def test_kiosk_unit_and_hardware_drop_in_pass_systemd_analyze_verify(tmp_path):
+    analyze = shutil.which("systemd-analyze")
+    assert analyze, "systemd-analyze is missing: `make test` installs Debian's systemd package"
+    glimpse = str(Path(sys.executable).parent / "glimpse")
+    (tmp_path / "glimpse.service").write_text(
+        (REPO / "systemd" / "glimpse.service").read_text().replace("/opt/glimpse/venv/bin/glimpse", glimpse))
+    # The drop-in sits beside the unit, where verify looks for it, as in /etc/systemd/system.
+    (tmp_path / "glimpse.service.d").mkdir()
+    drop_in = (REPO / "systemd" / "glimpse.service.d" / "hardware.conf").read_text()
+    (tmp_path / "glimpse.service.d" / "hardware.conf").write_text(drop_in)
+    kiosk = (REPO / "systemd" / "glimpse-kiosk.service").read_text()
+    # verify checks that ExecStart exists: cage is not installed here, so point it at a binary that is.
+    (tmp_path / "glimpse-kiosk.service").write_text(kiosk.replace("/usr/bin/cage", shutil.which("true")))
+    proc = subprocess.run([analyze, "verify", "--man=no", str(tmp_path / "glimpse-kiosk.service"),
+                           str(tmp_path / "glimpse.service")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stderr.strip() == "", proc.stderr
+    for line in ("Wants=glimpse.service", "After=glimpse.service", "User=glimpse-kiosk", "PAMName=login",
+                 "TTYPath=/dev/tty7", "/usr/bin/cage -d -s -- /usr/bin/chromium --kiosk --ozone-platform=wayland",
+                 "http://127.0.0.1:8080/kiosk", "Restart=always", "WantedBy=graphical.target"):
+        assert line in kiosk
+    for line in ("PrivateDevices=no", "DevicePolicy=closed", "DeviceAllow=char-gpiochip rw",
+                 "DeviceAllow=char-i2c rw", "DeviceAllow=char-spi rw", "SupplementaryGroups=gpio i2c spi"):
+        assert line in drop_in

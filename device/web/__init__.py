@@ -4,6 +4,11 @@ Every asset is served from this package (no CDN): the appliance is offline.
 Photos are served only through the bundle's manifest, so no request can reach
 a file outside the bundle. Pages work without JavaScript; the script only makes
 results appear as you type.
+
+A search from the web UI also becomes what the device is showing (its
+:class:`~device.slideshow.Slideshow`): the front-panel button steps through
+those results and ``/kiosk``, the full-screen slideshow for an HDMI screen,
+shows them.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import logging
 import time
 from urllib.parse import urlencode
 
-from flask import Flask, Response, abort, g, jsonify, render_template, request, send_file, url_for
+from flask import Flask, Response, abort, g, jsonify, redirect, render_template, request, send_file, url_for
 from werkzeug.exceptions import HTTPException
 
 from device import __version__
@@ -33,12 +38,18 @@ def create_app(daemon) -> Flask:
 
     Args:
         daemon: a :class:`device.daemon.Daemon` (anything with ``searcher``,
-            ``settings``, ``metrics``, ``status()`` and ``reload()``).
+            ``settings``, ``metrics``, ``slideshow``, ``status()`` and ``reload()``).
     """
     app = Flask(__name__)
+    # Uploads: one request carries at most this much (Flask answers 413 beyond it).
+    app.config["MAX_CONTENT_LENGTH"] = daemon.settings.max_upload_mb * 1024 * 1024
     app.json.sort_keys = False  # keep rank, id, path, score first, as the CLI prints them
     app.json.ensure_ascii = False
     settings = daemon.settings
+
+    @app.context_processor
+    def _globals():
+        return {"ingest_on": daemon.ingest_store is not None}
 
     @app.template_filter("urlencode_page")
     def _urlencode_page(args, page: int) -> str:
@@ -102,21 +113,26 @@ def create_app(daemon) -> Flask:
     @app.get("/")
     def index():
         query = request.args.get("q", "")
-        if not query.strip():  # the start page: browse the library
+        if not query.strip():  # the start page: browse the library, filtered by folder and date
             searcher = g.searcher
             size = settings.page_size
+            error, page, filters = None, 0, Filters()
             try:
                 page = _page()
-            except QueryInvalid:
-                page = 0
-            items = searcher.bundle.items[page * size:(page + 1) * size + 1]
-            return render_template("index.html", query="", results=[], browse=items[:size], error=None, page=page,
-                                   more=len(items) > size, filters=Filters(), folders=searcher.folders(),
-                                   bundle=searcher.bundle, version=__version__, args=request.args)
+                filters = _filters()
+            except QueryInvalid as exc:
+                error = str(exc)
+            listed = [item for item in searcher.all_items() if filters.admits(item)]
+            items = listed[page * size:(page + 1) * size + 1]
+            return render_template("index.html", query="", results=[], browse=items[:size], error=error, page=page,
+                                   more=len(items) > size, filters=filters, folders=searcher.folders(),
+                                   bundle=searcher.bundle, version=__version__, args=request.args), (400 if error else 200)
 
         def run(searcher, k, offset, filters):
             results = searcher.search(query, k=k, offset=offset, filters=filters)
             daemon.metrics.queries.labels(kind="text").inc()
+            # What was searched in the web UI is what the button and the kiosk step through.
+            daemon.slideshow.show(query.strip(), results[:settings.slideshow_results], "web")
             return results
         return _render_results("index.html", run, query=query, browse=[])
 
@@ -135,6 +151,8 @@ def create_app(daemon) -> Flask:
     @app.get("/similar/<item_id>")
     def similar_page(item_id: str):
         item = _item_or_404(g.searcher, item_id)
+        if request.args.get("q", "").strip():  # a text search typed on this page
+            return redirect(url_for("index", **request.args.to_dict(flat=True)))
 
         def run(searcher, k, offset, filters):
             results = searcher.similar(item.id, k=k, offset=offset, filters=filters)
@@ -150,13 +168,81 @@ def create_app(daemon) -> Flask:
     def thumb(item_id: str):
         searcher = g.searcher
         item = _item_or_404(searcher, item_id)
-        return send_file(searcher.bundle.file(item.thumb), max_age=86400, conditional=True)
+        return send_file(searcher.file(item.thumb), max_age=86400, conditional=True)
 
     @app.get("/images/<item_id>")
     def image(item_id: str):
         searcher = g.searcher
         item = _item_or_404(searcher, item_id)
-        return send_file(searcher.bundle.file(item.preview or item.thumb), max_age=86400, conditional=True)
+        return send_file(searcher.file(item.preview or item.thumb), max_age=86400, conditional=True)
+
+    @app.get("/originals/<item_id>")
+    def original(item_id: str):
+        searcher = g.searcher
+        item = _item_or_404(searcher, item_id)
+        if not item.original:
+            abort(404, description="this bundle does not carry the original")
+        return send_file(searcher.file(item.original), max_age=86400, conditional=True,
+                         as_attachment=True, download_name=item.name)
+
+    # --- adding photos on the device (device/ingest.py) --------------------------------
+
+    def _store():
+        if daemon.ingest_store is None:
+            abort(404, description="adding photos on this device is off (setting ingest)")
+        return daemon.ingest_store
+
+    def _upload(files) -> list[dict]:
+        """Store each uploaded file durably; a result per file (never all-or-nothing)."""
+        from device.ingest import IngestBusy, IngestRefused
+
+        store = _store()
+        if not files:
+            raise QueryInvalid("no files: send them as multipart form field 'files'")
+        if store.counts()["queued"] >= settings.ingest_queue_max:
+            raise IngestBusy(f"{settings.ingest_queue_max} photos are waiting to be added; try again later")
+        results = []
+        for upload in files:
+            name = upload.filename or "photo"
+            data = upload.read()
+            try:
+                added = store.add_upload(name, data)
+            except IngestRefused as exc:
+                results.append({"name": name, "status": "refused", "reason": str(exc)})
+                continue
+            results.append({"name": name, "status": added.status, "id": added.id, "path": added.path})
+        daemon.metrics.added.inc(sum(1 for r in results if r["status"] == "queued"))
+        if daemon.ingestor:
+            daemon.ingestor.wake()
+        return results
+
+    @app.get("/add")
+    def add_page():
+        store = _store()
+        return render_template("add.html", counts=store.counts(), needs_token=bool(settings.admin_token_sha256),
+                               results=None, max_mb=settings.max_upload_mb, bundle=g.searcher.bundle,
+                               version=__version__, query="")
+
+    @app.post("/add")
+    def add_form():
+        store = _store()
+        _require_admin(settings)
+        results = _upload(request.files.getlist("files"))
+        return render_template("add.html", counts=store.counts(), needs_token=bool(settings.admin_token_sha256),
+                               results=results, max_mb=settings.max_upload_mb, bundle=g.searcher.bundle,
+                               version=__version__, query=""), 202
+
+    @app.post("/api/admin/upload")
+    def api_upload():
+        _require_admin(settings)
+        return jsonify(_upload(request.files.getlist("files"))), 202
+
+    @app.delete("/api/admin/items/<item_id>")
+    def api_remove(item_id: str):
+        _require_admin(settings)
+        _store().remove(item_id)
+        daemon.delta.refresh()
+        return jsonify({"removed": item_id})
 
     # --- JSON API (docs/openapi.json) -------------------------------------------------
 
@@ -179,6 +265,8 @@ def create_app(daemon) -> Flask:
         k, offset = _api_page()
         results = g.searcher.search(query, k=k, offset=offset, filters=_filters())
         daemon.metrics.queries.labels(kind="text").inc()
+        if request.args.get("show") == "1":  # the web UI's instant search: make these what the device shows
+            daemon.slideshow.show(query.strip(), results[:settings.slideshow_results], "web")
         return jsonify([r.to_json() for r in results])
 
     @app.get("/api/similar/<item_id>")
@@ -190,10 +278,70 @@ def create_app(daemon) -> Flask:
 
     @app.get("/api/items/<item_id>")
     def api_item(item_id: str):
-        item = g.searcher.bundle.item(item_id)
+        item = g.searcher.item(item_id)
         return jsonify({**item.to_json(), "folder": item.folder, "name": item.name,
                         "thumb_url": url_for("thumb", item_id=item.id),
                         "image_url": url_for("image", item_id=item.id)})
+
+    # --- the kiosk: a full-screen slideshow for an HDMI screen (docs/kiosk.md) ---------
+
+    def _slides(searcher, showing) -> tuple[list[dict], str, str]:
+        """The slides of ``showing`` (with no results, the library's first photos),
+        their kind and the title shown above them."""
+        if showing.results:
+            slides = [dict(_slide(r.item), score=round(float(r.score), 4)) for r in showing.results]
+            return slides, "results", f"\u201c{showing.query}\u201d"
+        items = searcher.bundle.items[:settings.slideshow_results]
+        return [_slide(item) for item in items], "library", f"{len(searcher.bundle)} photos on this Glimpse"
+
+    def _slide(item) -> dict:
+        return {"id": item.id, "name": item.name, "path": item.path,
+                "image": url_for("image", item_id=item.id), "thumb": url_for("thumb", item_id=item.id)}
+
+    def _interval() -> float:
+        raw = request.args.get("interval")
+        if raw in (None, ""):
+            return settings.kiosk_interval
+        try:
+            value = float(raw)
+        except ValueError:
+            raise QueryInvalid("interval must be a number of seconds") from None
+        if not 0.2 <= value <= 3600:  # below a second only makes sense for tests and demos
+            raise QueryInvalid("interval must be between 0.2 and 3600 seconds")
+        return value
+
+    @app.get("/kiosk")
+    def kiosk():
+        searcher = g.searcher
+        query = request.args.get("q", "")
+        error = None
+        try:
+            interval = _interval()
+            if query.strip():
+                results = searcher.search(query, k=settings.slideshow_results, filters=_filters())
+                daemon.metrics.queries.labels(kind="text").inc()
+                daemon.slideshow.show(query.strip(), results, "web")
+        except QueryInvalid as exc:
+            error, interval = str(exc), settings.kiosk_interval
+        showing = daemon.slideshow.snapshot()
+        slides, kind, title = _slides(searcher, showing)
+        try:
+            position = int(request.args.get("i", showing.position)) % max(1, len(slides))
+        except ValueError:
+            position = showing.position
+        state = {"generation": showing.generation, "query": showing.query, "title": title, "position": position,
+                 "kind": kind, "interval": interval, "slides": slides}
+        next_url = url_for("kiosk", i=(position + 1) % max(1, len(slides)), interval=request.args.get("interval"))
+        return render_template("kiosk.html", state=state, slide=slides[position] if slides else None,
+                               error=error, bundle=searcher.bundle, next_url=next_url,
+                               version=__version__), (400 if error else 200)
+
+    @app.get("/api/kiosk")
+    def api_kiosk():
+        showing = daemon.slideshow.snapshot()
+        slides, kind, title = _slides(g.searcher, showing)
+        return jsonify({"generation": showing.generation, "query": showing.query, "title": title,
+                        "position": showing.position, "source": showing.source, "kind": kind, "slides": slides})
 
     @app.get("/api/status")
     def api_status():
@@ -231,6 +379,16 @@ def create_app(daemon) -> Flask:
     def _bad_query(exc):
         return jsonify({"error": str(exc)}), 400
 
+    @app.errorhandler(GlimpseError)
+    def _busy_or_refused(exc):
+        from device.ingest import IngestBusy
+
+        status = 503 if isinstance(exc, IngestBusy) else 400
+        response = jsonify({"error": str(exc)})
+        if status == 503:
+            response.headers["Retry-After"] = "30"
+        return response, status
+
     @app.errorhandler(ItemNotFound)
     def _not_found(exc):
         if request.path.startswith("/api/"):
@@ -253,17 +411,23 @@ def create_app(daemon) -> Flask:
 
 def _item_or_404(searcher, item_id: str):
     try:
-        return searcher.bundle.item(item_id)
+        return searcher.item(item_id)
     except ItemNotFound:
         abort(404)
 
 
 def _require_admin(settings) -> None:
-    """Admin calls need the bearer token (when one is set) or come from loopback."""
+    """Admin calls need the token (when one is set) or come from loopback.
+
+    The token comes as ``Authorization: Bearer TOKEN`` or, from the upload form,
+    as a ``token`` field; only its sha256 is stored in the settings.
+    """
     expected = settings.admin_token_sha256
     if expected:
-        header = request.headers.get("Authorization", "")
-        token = header[7:] if header.startswith("Bearer ") else ""
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        token = token.strip() if scheme.lower() == "bearer" else ""  # schemes are case-insensitive
+        if not token and request.mimetype == "multipart/form-data":
+            token = request.form.get("token", "")
         digest = hashlib.sha256(token.encode()).hexdigest()
         if not token or not hmac.compare_digest(digest, expected.lower()):
             abort(401, description="admin calls need Authorization: Bearer TOKEN")

@@ -62,6 +62,7 @@
     if (!q) { return; }
     var ticket = ++latest;
     var p = params(q, offset);
+    if (!offset) { p.set("show", "1"); }  // the device's button and kiosk step through these results
     fetch(root + "api/search?" + p.toString()).then(function (response) {
       return response.json().then(function (body) { return { ok: response.ok, body: body }; });
     }).then(function (res) {

@@ -1,0 +1,151 @@
+"""The build cache: what a rebuild need not compute again.
+
+Keyed by the photo's content hash, so renaming or moving a photo costs
+nothing, and by the model's full id, so a new model re-embeds everything:
+
+* embeddings and photo facts (size, EXIF date) in SQLite (WAL mode),
+  committed every few photos, so a build killed half-way resumes where it stopped;
+* thumbnails and previews as files, named by hash, size and format.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from pathlib import Path
+
+import numpy as np
+
+#: Photos embedded between two commits: a killed build loses at most this many.
+COMMIT_EVERY = 32
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS embeddings (
+    model   TEXT NOT NULL,
+    sha256  TEXT NOT NULL,
+    vector  BLOB NOT NULL,
+    width   INTEGER NOT NULL,
+    height  INTEGER NOT NULL,
+    taken   TEXT,
+    PRIMARY KEY (model, sha256)
+)
+"""
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/glimpse`` (``~/.cache/glimpse``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "glimpse"
+
+
+class BuildCache:
+    """Embeddings and renditions of photos already processed.
+
+    Args:
+        directory: the cache directory (created if missing).
+        model_id: the model's full id (``id@version``); other models' entries are ignored.
+    """
+
+    def __init__(self, directory: Path, model_id: str):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.model_id = model_id
+        self._db = sqlite3.connect(self.directory / "embeddings.sqlite", check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(_SCHEMA)
+        self._db.commit()
+        self._pending = 0
+        self._lock = threading.Lock()
+
+    def get(self, sha256: str):
+        """``(vector, width, height, taken)`` for a cached photo, or ``None``."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT vector, width, height, taken FROM embeddings WHERE model = ? AND sha256 = ?",
+                (self.model_id, sha256)).fetchone()
+        if row is None:
+            return None
+        return np.frombuffer(row[0], dtype=np.float32).copy(), row[1], row[2], row[3]
+
+    def put(self, sha256: str, vector: np.ndarray, width: int, height: int, taken: str | None) -> None:
+        """Remember one photo's embedding; committed in small batches."""
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?, ?, ?)",
+                (self.model_id, sha256, np.asarray(vector, dtype=np.float32).tobytes(), width, height, taken))
+            self._pending += 1
+            if self._pending >= COMMIT_EVERY:
+                self._db.commit()
+                self._pending = 0
+
+    def rendition_path(self, sha256: str, kind: str, size: int, suffix: str) -> Path:
+        """Where a thumbnail or preview of this photo is (or will be) cached."""
+        return self.directory / "renditions" / sha256[:2] / f"{sha256}-{kind}{size}{suffix}"
+
+    def get_rendition(self, sha256: str, kind: str, size: int, suffix: str) -> bytes | None:
+        """Cached rendition bytes, or ``None``."""
+        try:
+            return self.rendition_path(sha256, kind, size, suffix).read_bytes()
+        except OSError:
+            return None
+
+    def put_rendition(self, sha256: str, kind: str, size: int, suffix: str, data: bytes) -> None:
+        """Store a rendition; written to a temporary name first so a kill never leaves half a file."""
+        path = self.rendition_path(sha256, kind, size, suffix)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+
+    def close(self) -> None:
+        """Commit what is pending and close the database."""
+        with self._lock:
+            self._db.commit()
+            self._db.close()
+
+
+_FILES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    path     TEXT PRIMARY KEY,
+    size     INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    sha256   TEXT NOT NULL
+)
+"""
+
+
+class HashCache:
+    """sha256 of files by (path, size, mtime), so a rebuild does not re-read unchanged photos.
+
+    Shares the cache directory's database with :class:`BuildCache`.
+    """
+
+    def __init__(self, directory: Path):
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(Path(directory) / "embeddings.sqlite")
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(_FILES_SCHEMA)
+        self._db.commit()
+
+    def sha256(self, path: Path, hasher) -> str:
+        """The file's sha256, from the cache when size and mtime are unchanged, else ``hasher(path)``.
+
+        Raises:
+            OSError: the file cannot be read.
+        """
+        stat = path.stat()
+        key = str(path)
+        row = self._db.execute("SELECT size, mtime_ns, sha256 FROM files WHERE path = ?", (key,)).fetchone()
+        if row and row[0] == stat.st_size and row[1] == stat.st_mtime_ns:
+            return row[2]
+        digest = hasher(path)
+        self._db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)",
+                         (key, stat.st_size, stat.st_mtime_ns, digest))
+        return digest
+
+    def close(self) -> None:
+        """Commit and close."""
+        self._db.commit()
+        self._db.close()

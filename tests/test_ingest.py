@@ -1,0 +1,337 @@
+"""On-device ingest: the store, the worker, the delta layer, uploads, and crash safety."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from PIL import Image
+
+from device import settings
+from device.bundle import Bundle
+from device.daemon import Daemon
+from device.encoders import ImageEncoder
+from device.ingest import DeltaLayer, FolderWatcher, IngestRefused, IngestStore, Ingestor
+from device.search import Filters, Searcher
+from device.web import create_app
+from provisioning import demo
+from conftest import REPO, run_cli
+
+
+def photo_bytes(name: str = "coffee.png", variant: int = 0, fmt: str = "JPEG") -> bytes:
+    """A distinct photo made from a demo photo (``variant`` changes the crop)."""
+    img = Image.open(demo.demo_photo(name)).convert("RGB")
+    img = img.crop((variant % 9, variant % 7, img.width - variant % 5, img.height - variant % 11))
+    buffer = io.BytesIO()
+    img.save(buffer, fmt, quality=90)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = IngestStore(tmp_path / "data")
+    yield store
+    store.close()
+
+
+@pytest.fixture(scope="module")
+def encoder(bundle_dir):
+    with ImageEncoder.create_from_model_dir(Bundle.open(bundle_dir).model_dir) as enc:
+        yield enc
+
+
+def test_upload_is_stored_durably_and_queued_once(store):
+    data = photo_bytes()
+    first = store.add_upload("My Coffee.jpg", data)
+    again = store.add_upload("copy.jpg", data)
+    assert first.status == "queued" and first.path == "added/My Coffee.jpg"
+    assert again.status == "duplicate" and again.id == first.id
+    assert (store.root / "files" / f"{first.id}.jpg").read_bytes() == data
+    assert store.counts()["queued"] == 1
+    with pytest.raises(IngestRefused, match="not a photo file type"):
+        store.add_upload("notes.txt", b"hello")
+
+
+def test_worker_embeds_and_the_delta_layer_searches(store, encoder, bundle_dir):
+    added = store.add_upload("coffee.jpg", photo_bytes())
+    delta = DeltaLayer(store, encoder.spec.full_id)
+    worker = Ingestor(store, lambda: encoder, delta.refresh)
+    assert worker.process(*store.next_queued()[0])
+    assert store.counts() == {"queued": 0, "ready": 1, "failed": 0, "last_failure": None}
+    item = delta.item(added.id)
+    assert item.path == "added/coffee.jpg" and item.thumb == f"added/thumbs/{added.id}.jpg"
+    assert store.file(item.thumb).is_file()
+    direct = encoder.embed_file(store.root / "files" / f"{added.id}.jpg")
+    assert float(delta.embedding(added.id) @ direct) > 0.999
+
+    # The bundle below has a coffee photo too; an added one must compete with it by score.
+    with Searcher.from_bundle(bundle_dir) as searcher:
+        searcher.delta = delta
+        results = searcher.search("a cup of coffee", k=3)
+        assert {r.item.path for r in results[:2]} == {"kitchen/coffee.png", "added/coffee.jpg"}
+        assert [r.rank for r in results] == [1, 2, 3]
+        assert results[0].score >= results[1].score >= results[2].score
+        only_added = searcher.search("a cup of coffee", k=5, filters=Filters(folder="added"))
+        assert [r.item.path for r in only_added] == ["added/coffee.jpg"]
+        similar = searcher.similar(added.id, k=1)
+        assert similar[0].item.path == "kitchen/coffee.png"  # the same scene, from the bundle
+        assert searcher.item(added.id) == item
+
+
+def test_unreadable_upload_is_marked_failed_with_a_reason(store, encoder):
+    store.add_upload("half.jpg", photo_bytes()[:2000])
+    worker = Ingestor(store, lambda: encoder, lambda: None)
+    assert not worker.process(*store.next_queued()[0])
+    counts = store.counts()
+    assert counts["failed"] == 1 and "corrupt or truncated" in counts["last_failure"]["reason"]
+
+
+def test_a_new_model_queues_added_photos_again(store, encoder):
+    store.add_upload("coffee.jpg", photo_bytes())
+    Ingestor(store, lambda: encoder, lambda: None).process(*store.next_queued()[0])
+    assert store.requeue_other_models(encoder.spec.full_id) == 0
+    assert store.requeue_other_models("another-model@2") == 1
+    assert store.counts()["queued"] == 1
+
+
+def test_remove_forgets_the_photo_and_its_files(store, encoder):
+    added = store.add_upload("coffee.jpg", photo_bytes())
+    Ingestor(store, lambda: encoder, lambda: None).process(*store.next_queued()[0])
+    store.remove(added.id)
+    assert store.counts()["ready"] == 0
+    assert not any(store.root.rglob(f"{added.id}*"))
+
+
+def test_watched_folder_adds_follows_moves_and_forgets_deletions(store, encoder, tmp_path):
+    folder = tmp_path / "usb"
+    (folder / "trip").mkdir(parents=True)
+    (folder / "trip" / "coffee.jpg").write_bytes(photo_bytes())
+    (folder / "readme.txt").write_text("not a photo")
+    changes = []
+    watcher = FolderWatcher(store, folder, lambda: changes.append(1))
+    assert watcher.scan() == 1 and store.counts()["queued"] == 1
+    assert watcher.scan() == 0  # unchanged files are not read again
+    ident = store.next_queued()[0][0]
+    Ingestor(store, lambda: encoder, lambda: None).process(*store.next_queued()[0])
+    (folder / "trip" / "coffee.jpg").rename(folder / "coffee-moved.jpg")
+    watcher.scan()
+    delta = DeltaLayer(store, encoder.spec.full_id)
+    assert delta.item(ident).path == "watched/coffee-moved.jpg"
+    (folder / "coffee-moved.jpg").unlink()
+    watcher.scan()
+    delta.refresh()
+    assert len(delta) == 0 and store.counts()["ready"] == 0
+
+
+@pytest.fixture
+def data_dir(tmp_path, bundle_dir):
+    root = tmp_path / "data"
+    (root / "bundles").mkdir(parents=True)
+    shutil.copytree(bundle_dir, root / "bundles" / "first")
+    (root / "current").symlink_to("bundles/first")
+    return root
+
+
+def _client(data_dir, **extra):
+    daemon = Daemon(settings.load({"data_dir": str(data_dir), **extra}, env={}))
+    daemon.load()
+    assert daemon.start_ingest()
+    return daemon, create_app(daemon).test_client()
+
+
+def _files(*items):
+    return {"files": [(io.BytesIO(data), name) for name, data in items]}
+
+
+def test_upload_api_accepts_refuses_and_reports(data_dir):
+    daemon, client = _client(data_dir)
+    try:
+        response = client.post("/api/admin/upload", data=_files(
+            ("coffee.jpg", photo_bytes()), ("notes.txt", b"hi"), ("fake.jpg", b"not an image"),
+            ("bomb.png", _bomb_png())), content_type="multipart/form-data")
+        assert response.status_code == 202
+        results = {r["name"]: r for r in response.get_json()}
+        assert results["coffee.jpg"]["status"] == "queued"
+        assert "not a photo file type" in results["notes.txt"]["reason"]
+        assert "not an image" in results["fake.jpg"]["reason"]
+        assert "decompression bomb" in results["bomb.png"]["reason"]
+        # Searchable once the worker has embedded it (bounded wait on the worker's progress).
+        deadline = time.monotonic() + 60
+        while daemon.ingest_store.counts()["queued"] and time.monotonic() < deadline:
+            daemon.ingestor.wake()
+            time.sleep(0.05)
+        found = client.get("/api/search?q=a+cup+of+coffee&k=2&folder=added").get_json()
+        assert found[0]["path"] == "added/coffee.jpg"
+        status = client.get("/api/status").get_json()["ingest"]
+        assert status["ready"] == 1 and status["enabled"] and status["worker_alive"]
+        with client.get(f"/thumbs/{found[0]['id']}") as thumb:
+            assert thumb.status_code == 200 and thumb.data[:2] == b"\xff\xd8"
+        assert client.delete(f"/api/admin/items/{found[0]['id']}").status_code == 200
+        assert client.get("/api/search?q=coffee&k=2&folder=added").get_json() == []
+    finally:
+        daemon.ingestor.stop()
+
+
+def _bomb_png() -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 50000, 50000, 8, 2, 0, 0, 0))
+            + chunk(b"IEND", b""))
+
+
+def test_upload_limits_auth_and_busy(data_dir):
+    import hashlib
+
+    token_hash = hashlib.sha256(b"s3cret").hexdigest()
+    daemon, client = _client(data_dir, max_upload_mb="1", ingest_queue_max="1", admin_token_sha256=token_hash)
+    daemon.ingestor.stop()  # keep the queue full for the 503 case
+    form = _files(("coffee.jpg", photo_bytes()))
+    assert client.post("/api/admin/upload", data=form, content_type="multipart/form-data").status_code == 401
+    auth = {"Authorization": "Bearer s3cret"}
+    # A body encoded by hand: the test client would spool it to a file it never closes.
+    body, boundary = _multipart("big.jpg", os.urandom(2 * 1024 * 1024))
+    too_big = client.post("/api/admin/upload", data=body, headers=auth,
+                          content_type=f"multipart/form-data; boundary={boundary}")
+    assert too_big.status_code == 413 and "error" in too_big.get_json()
+    ok = client.post("/api/admin/upload", data=_files(("coffee.jpg", photo_bytes())), headers=auth,
+                     content_type="multipart/form-data")
+    assert ok.status_code == 202
+    busy = client.post("/api/admin/upload", data=_files(("cat.jpg", photo_bytes("chelsea.png"))), headers=auth,
+                       content_type="multipart/form-data")
+    assert busy.status_code == 503 and busy.headers["Retry-After"] == "30"
+    # The HTML form carries the token as a field.
+    page = client.post("/add", data={"token": "s3cret", **_files(("coffee2.jpg", photo_bytes(variant=3)))},
+                       content_type="multipart/form-data")
+    assert page.status_code in (202, 503)
+
+
+def test_add_page_and_ingest_off_with_an_explicit_bundle(data_dir, bundle_dir):
+    daemon, client = _client(data_dir)
+    try:
+        html = client.get("/add").get_data(as_text=True)
+        assert 'enctype="multipart/form-data"' in html and 'name="files"' in html and "multiple" in html
+        assert "Add photos" in client.get("/").get_data(as_text=True)
+    finally:
+        daemon.ingestor.stop()
+    off = Daemon(settings.load({"bundle": str(bundle_dir)}, env={}))
+    off.load()
+    assert not off.start_ingest()
+    client = create_app(off).test_client()
+    assert client.get("/add").status_code == 404
+    assert client.get("/api/status").get_json()["ingest"] == {"enabled": False}
+
+
+# --- the daemon as a process: ingest CLI, and kill -9 many times -------------------------
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start(data_dir, port):
+    proc = subprocess.Popen([sys.executable, "-m", "device", "serve", "--data-dir", str(data_dir), "--port",
+                             str(port)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env=dict(os.environ, GLIMPSE_CONFIG="/nonexistent"))
+    line = proc.stdout.readline()
+    assert "Glimpse is serving" in line, line
+    return proc
+
+
+def _get(port, path):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as response:
+        return json.load(response)
+
+
+def test_glimpse_ingest_makes_a_photo_searchable_within_seconds(data_dir, tmp_path):
+    photo = tmp_path / "espresso.jpg"
+    photo.write_bytes(photo_bytes(variant=5))
+    port = _free_port()
+    proc = _start(data_dir, port)
+    try:
+        started = time.monotonic()
+        out = run_cli("device", "ingest", str(photo), "--port", str(port)).stdout
+        assert "1 added, 0 already there, 0 refused" in out
+        found = []
+        while time.monotonic() - started < 60 and not found:
+            found = _get(port, "/api/search?q=a+cup+of+coffee&k=3&folder=added")
+        assert found and found[0]["path"] == "added/espresso.jpg"
+        print(f"searchable {time.monotonic() - started:.2f}s after `glimpse ingest` started")
+        status = run_cli("device", "status", "--port", str(port)).stdout
+        assert "added on the device: 1 searchable, 0 waiting" in status
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        proc.stdout.close()
+
+
+def test_kill_9_at_any_point_loses_no_acknowledged_photo(data_dir):
+    """Upload, kill -9 mid-ingest, restart; many times. Every acknowledged photo survives."""
+    port = _free_port()
+    acknowledged = []
+    sources = ["coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png"]
+    kills = 8
+    for round_number in range(kills):
+        proc = _start(data_dir, port)
+        try:
+            for i in range(3):
+                n = round_number * 3 + i
+                body, boundary = _multipart(f"p{n}.jpg", photo_bytes(sources[n % 4], variant=n))
+                request = urllib.request.Request(f"http://127.0.0.1:{port}/api/admin/upload", data=body,
+                                                 method="POST",
+                                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    result = json.load(response)[0]
+                assert result["status"] == "queued", result
+                acknowledged.append(result["id"])
+        finally:
+            proc.kill()  # SIGKILL: no chance to finish anything
+            proc.wait()
+            proc.stdout.close()
+    database = data_dir / "glimpse.sqlite"
+    with sqlite3.connect(database) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        stored = dict(db.execute("SELECT id, status FROM added").fetchall())
+    assert set(acknowledged) <= set(stored), "an acknowledged photo was lost"
+    # A last start finishes the queue.
+    proc = _start(data_dir, port)
+    try:
+        deadline = time.monotonic() + 120
+        while _get(port, "/api/status")["ingest"]["queued"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        ingest = _get(port, "/api/status")["ingest"]
+        assert ingest["queued"] == 0 and ingest["ready"] == len(acknowledged) and ingest["failed"] == 0
+        for ident in acknowledged:
+            assert _get(port, f"/api/items/{ident}")["id"] == ident
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        proc.stdout.close()
+    assert not list((data_dir / "added").rglob("*.tmp"))
+    for thumb in (data_dir / "added" / "thumbs").iterdir():
+        with Image.open(thumb) as img:
+            img.load()  # whole, not half-written
+    print(f"{kills} kills, {len(acknowledged)} acknowledged photos, all present and searchable")
+
+
+def _multipart(name: str, data: bytes):
+    import uuid
+
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n"
+            "Content-Type: image/jpeg\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, boundary

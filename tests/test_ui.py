@@ -1,0 +1,370 @@
+"""The web UI as HTML, through Flask's test client: what a visitor without
+JavaScript sees and can do, and what screen-reader and keyboard users rely on."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from html.parser import HTMLParser
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from PIL import Image
+
+from conftest import run_cli
+from device import settings
+from device.daemon import Daemon
+from device.web import create_app
+
+ROCKET, CAT, COFFEE = "space/rocket.jpg", "pets/cat.png", "kitchen/coffee.png"
+SPACE = ["space/astronaut.png", "space/moon.png", "space/rocket.jpg"]
+
+# --- a small DOM, enough to ask questions about a page ------------------------------------------
+
+_VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+
+class Node:
+    """One element: ``tag``, ``attrs`` (dict), ``children``; :meth:`text` is its text content."""
+
+    def __init__(self, tag: str, attrs: dict, parent: "Node | None" = None):
+        self.tag, self.attrs, self.parent, self.children = tag, attrs, parent, []
+
+    def text(self) -> str:
+        return "".join(c if isinstance(c, str) else c.text() for c in self.children)
+
+    def iter(self):
+        for child in self.children:
+            if isinstance(child, Node):
+                yield child
+                yield from child.iter()
+
+    def all(self, tag: str | None = None, cls: str | None = None, **attrs) -> list["Node"]:
+        return [n for n in self.iter() if (tag is None or n.tag == tag)
+                and (cls is None or cls in n.attrs.get("class", "").split())
+                and all(n.attrs.get(k) == v for k, v in attrs.items())]
+
+    def one(self, tag: str | None = None, cls: str | None = None, **attrs) -> "Node":
+        found = self.all(tag, cls, **attrs)
+        assert len(found) == 1, f"expected one {tag} .{cls} {attrs}, found {len(found)}"
+        return found[0]
+
+
+class _Builder(HTMLParser):
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.root = self.current = Node("#document", {})
+
+    def handle_starttag(self, tag, attrs):
+        node = Node(tag, {k: (v if v is not None else "") for k, v in attrs}, self.current)
+        self.current.children.append(node)
+        if tag not in _VOID:
+            self.current = node
+
+    def handle_startendtag(self, tag, attrs):
+        self.current.children.append(Node(tag, {k: (v or "") for k, v in attrs}, self.current))
+
+    def handle_endtag(self, tag):
+        node = self.current
+        while node is not self.root and node.tag != tag:
+            node = node.parent
+        if node is not self.root:
+            self.current = node.parent
+
+    def handle_data(self, data):
+        self.current.children.append(data)
+
+
+def parse(html: str) -> Node:
+    builder = _Builder()
+    builder.feed(html)
+    builder.close()
+    return builder.root
+
+
+def cards(page: Node) -> list[dict]:
+    """The photo cards of ``#results``: name, item id linked, thumbnail src and alt."""
+    grid = page.one("ol", id="results")
+    found = []
+    for card in grid.all("li", cls="card"):
+        link = card.one("a")
+        img = card.one("img")
+        match = re.fullmatch(r"/items/([0-9a-f]{16})", urlsplit(link.attrs["href"]).path)
+        assert match, link.attrs["href"]
+        found.append({"name": card.one("span", cls="name").text(), "id": match.group(1),
+                      "alt": img.attrs.get("alt"), "src": img.attrs["src"], "href": link.attrs["href"]})
+    return found
+
+
+# --- fixtures ------------------------------------------------------------------------------------
+
+
+def _client(bundle, **config):
+    daemon = Daemon(settings.load({"bundle": str(bundle), **config}, env={}))
+    daemon.load()
+    return create_app(daemon).test_client()
+
+
+@pytest.fixture(scope="module")
+def client(bundle_dir):
+    return _client(bundle_dir)
+
+
+@pytest.fixture(scope="module")
+def paged_client(bundle_dir):
+    return _client(bundle_dir, page_size=2)
+
+
+@pytest.fixture(scope="module")
+def items(bundle_dir) -> dict:
+    """Library path -> item (as in items.jsonl)."""
+    lines = (bundle_dir / "items.jsonl").read_text(encoding="utf-8").splitlines()
+    return {doc["path"]: doc for doc in map(json.loads, lines)}
+
+
+def get(client, url, status=200, **kwargs) -> Node:
+    response = client.get(url, **kwargs)
+    assert response.status_code == status, url
+    assert response.mimetype == "text/html"
+    return parse(response.get_data(as_text=True))
+
+
+def paths(found, items) -> list[str]:
+    by_id = {item["id"]: path for path, item in items.items()}
+    return [by_id[c["id"]] for c in found]
+
+
+# --- pages ------------------------------------------------------------------------------------------
+
+
+def test_start_page_shows_the_photos_a_search_box_filters_and_tips(client, items):
+    page = get(client, "/")
+    assert sorted(paths(cards(page), items)) == sorted(items)
+    assert page.one("input", id="q").attrs["type"] == "search"
+    form = page.one("form", id="search")
+    assert form.attrs["method"] == "get" and form.attrs["action"] == "/"
+    options = [o.attrs["value"] for o in page.one("select", name="folder").all("option")]
+    assert {"space", "pets"} <= set(options) and "" in options
+    for name in ("from", "to", "min_score"):
+        assert page.one("input", name=name)
+    tips = [a for a in page.all("a") if a.text().strip() == "Search tips"]
+    assert tips and tips[0].attrs["href"] == "/help"
+    assert "Search 8 photos" in page.one("p", id="status").text()
+
+
+def test_help_explains_the_query_syntax(client):
+    page = get(client, "/help")
+    examples = {code.text() for code in page.all("code")}
+    assert {"beach -people", "2:dog + cat"} <= examples
+    assert "Search tips" in page.one("h2").text()
+
+
+def test_results_are_rendered_without_javascript_and_link_to_photo_pages(client, items):
+    page = get(client, "/", query_string={"q": "a cup of coffee"})
+    found = cards(page)
+    assert len(found) == 8
+    assert paths(found, items)[0] == COFFEE
+    for card, path in zip(found, paths(found, items)):
+        assert card["name"] == path.rsplit("/", 1)[-1]
+        assert card["alt"] == path
+        assert card["src"] == f"/thumbs/{card['id']}"
+    assert "a cup of coffee" in page.one("p", id="status").text()
+    assert page.one("input", id="q").attrs["value"] == "a cup of coffee"  # the query stays in the box
+
+
+def test_following_a_result_opens_the_photo_page(client, items):
+    first = cards(get(client, "/", query_string={"q": "a rocket"}))[0]
+    page = get(client, first["href"])
+    item = items[ROCKET]
+    assert page.one("h2").text() == "rocket.jpg"
+    facts = page.one("dl").text()
+    assert f"{item['width']} × {item['height']}" in facts
+    assert "Score" in facts and "a rocket" in facts  # the score the result had, for that query
+    folder = [a for a in page.all("a") if a.text() == "space"]
+    assert folder and urlsplit(folder[0].attrs["href"]).path == "/"
+    assert parse_qs(urlsplit(folder[0].attrs["href"]).query) == {"folder": ["space"]}
+    assert page.one("a", id="find-similar").attrs["href"] == f"/similar/{item['id']}"
+    assert page.one("a", id="find-similar").text() == "Find similar"
+    assert page.one("img", cls="photo").attrs["src"] == f"/images/{item['id']}"
+
+
+def test_the_photo_page_shows_the_preview_not_the_thumbnail(client, items):
+    item = items[CAT]  # 451 x 300, larger than a thumbnail
+    with client.get(f"/images/{item['id']}") as response:
+        assert response.status_code == 200
+        assert response.mimetype == "image/jpeg"
+        preview = Image.open(io.BytesIO(response.data))
+        assert preview.format == "JPEG"
+        assert preview.size == (item["width"], item["height"])
+    with client.get(f"/thumbs/{item['id']}") as response:
+        assert max(Image.open(io.BytesIO(response.data)).size) < max(preview.size)
+
+
+def test_a_large_photo_is_shown_at_most_1280_pixels(tmp_path):
+    library = tmp_path / "library"
+    library.mkdir()
+    Image.new("RGB", (2000, 1500), (40, 90, 160)).save(library / "big.jpg", quality=85)
+    run_cli("provisioning", "build", "--images", str(library), "--out", str(tmp_path / "bundle"), "--quiet")
+    client = _client(tmp_path / "bundle")
+    item_id = json.loads((tmp_path / "bundle" / "items.jsonl").read_text())["id"]
+    assert "2000 × 1500" in get(client, f"/items/{item_id}").one("dl").text()  # the original's size
+    with client.get(f"/images/{item_id}") as response:
+        assert response.status_code == 200
+        assert Image.open(io.BytesIO(response.data)).size == (1280, 960)
+
+
+def test_find_similar_lists_the_other_photos(client, items):
+    cat = items[CAT]
+    page = get(client, f"/similar/{cat['id']}")
+    found = paths(cards(page), items)
+    assert CAT not in found
+    assert sorted(found) == sorted(set(items) - {CAT})
+    assert "pets/cat.png" in page.one("section", cls="similar-to").text()
+    assert "Most similar first" in page.one("p", id="status").text()
+
+
+@pytest.mark.parametrize("url", ["/items/0000000000000000", "/similar/0000000000000000", "/items/nothing",
+                                 "/images/0000000000000000"])
+def test_an_unknown_photo_is_a_404_page(client, url):
+    with client.get(url) as response:
+        assert response.status_code == 404
+        assert response.mimetype == "text/html"
+
+
+def test_a_bad_query_is_explained_on_the_page(client):
+    page = get(client, "/", status=400, query_string={"q": "dog -"})
+    assert "ends with an operator" in page.one("p", id="status").text()
+    page = get(client, "/", status=400, query_string={"q": "cat", "from": "2021-13-01"})
+    assert "YYYY-MM-DD" in page.one("p", id="status").text()
+
+
+# --- paging, filters, empty results ------------------------------------------------------------
+
+
+def test_more_results_leads_to_the_next_page(paged_client, items):
+    first = get(paged_client, "/", query_string={"q": "space"})
+    more = first.one("a", id="more")
+    assert more.text() == "More results"
+    query = parse_qs(urlsplit(more.attrs["href"]).query)
+    assert query == {"q": ["space"], "page": ["1"]}
+    second = get(paged_client, "/" + more.attrs["href"])
+    one, two = paths(cards(first), items), paths(cards(second), items)
+    assert len(one) == len(two) == 2
+    assert not set(one) & set(two)
+    assert "page 2" in second.one("p", id="status").text()
+    last = get(paged_client, "/", query_string={"q": "space", "page": "3"})
+    assert len(cards(last)) == 2 and not last.all("a", id="more")  # 8 photos: 4 pages
+
+
+def test_more_results_keeps_the_filters(paged_client, items):
+    first = get(paged_client, "/", query_string={"q": "a cat", "folder": "space"})
+    more = first.one("a", id="more").attrs["href"]
+    second = get(paged_client, "/" + more)
+    found = paths(cards(first), items) + paths(cards(second), items)
+    assert sorted(found) == SPACE
+    assert second.one("option", value="space").attrs.get("selected") is not None
+
+
+def test_similar_pages_too(paged_client, items):
+    first = get(paged_client, f"/similar/{items[CAT]['id']}")
+    second = get(paged_client, f"/similar/{items[CAT]['id']}" + first.one("a", id="more").attrs["href"])
+    assert not set(paths(cards(first), items)) & set(paths(cards(second), items))
+
+
+def test_the_start_page_pages_through_every_photo(paged_client, items):
+    seen, url, pages = [], "/", 0
+    while url and pages < len(items):
+        page = get(paged_client, url)
+        pages += 1
+        seen += paths(cards(page), items)
+        links = page.all("a", id="more")
+        assert not links or links[0].text() == "More photos"
+        url = "/" + links[0].attrs["href"] if links else None
+    assert pages == 4
+    assert sorted(seen) == sorted(items) and len(seen) == len(set(seen))
+
+
+def test_the_folder_filter_keeps_only_that_folder(client, items):
+    page = get(client, "/", query_string={"q": "a cat", "folder": "space"})
+    assert sorted(paths(cards(page), items)) == SPACE
+    assert page.one("details", cls="filters").attrs.get("open") is not None  # the filters in use stay visible
+
+
+def test_the_folder_link_of_a_photo_shows_that_folder(client, items):
+    item_page = get(client, f"/items/{items[ROCKET]['id']}")
+    link = next(a for a in item_page.all("a") if a.text() == "space")
+    page = get(client, link.attrs["href"])
+    assert sorted(paths(cards(page), items)) == SPACE
+
+
+def test_the_filters_on_a_similar_page_filter_the_similar_photos(client, items):
+    page = get(client, f"/similar/{items[ROCKET]['id']}")
+    form = page.one("form", id="search")
+    submitted = get(client, form.attrs["action"], query_string={"q": "", "folder": "space"})
+    assert sorted(paths(cards(submitted), items)) == ["space/astronaut.png", "space/moon.png"]
+
+
+def test_no_match_says_so_and_blames_the_filters(client, items):
+    page = get(client, "/", query_string={"q": "space", "min_score": "0.99"})
+    assert cards(page) == []
+    status = page.one("p", id="status").text()
+    assert "No photos match" in status and "these filters" in status and "space" in status
+    similar = get(client, f"/similar/{items[CAT]['id']}", query_string={"min_score": "0.99"})
+    assert cards(similar) == []
+    assert "No photos match" in similar.one("p", id="status").text()
+
+
+# --- offline, accessible ---------------------------------------------------------------------------
+
+
+def _pages(client, items) -> dict[str, Node]:
+    urls = ["/", "/?q=a+cat", "/?q=space&folder=space&min_score=0.2", "/?q=space&min_score=0.99", "/help",
+            f"/items/{items[CAT]['id']}", f"/similar/{items[CAT]['id']}", "/?q=dog+-"]
+    pages = {}
+    for url in urls:
+        response = client.get(url)
+        assert response.status_code in (200, 400), url
+        pages[url] = response.get_data(as_text=True)
+    return pages
+
+
+def test_no_page_reaches_for_another_host(client, items):
+    pages = _pages(client, items)
+    for asset in ("/static/glimpse.css", "/static/glimpse.js"):
+        with client.get(asset) as response:
+            assert response.status_code == 200
+            pages[asset] = response.get_data(as_text=True)
+    for url, text in pages.items():
+        assert not re.search(r"https?://|url\(\s*['\"]?//", text), url
+        if url.startswith("/static/"):
+            continue
+        for node in parse(text).iter():
+            for attr in ("src", "href", "action"):
+                if attr in node.attrs:
+                    assert not node.attrs[attr].startswith("//"), (url, node.attrs[attr])
+                    assert re.match(r"[/?#]", node.attrs[attr]), (url, node.attrs[attr])
+
+
+def test_every_page_is_accessible(client, items):
+    for url, text in _pages(client, items).items():
+        page = parse(text)
+        html = page.one("html")
+        assert html.attrs.get("lang"), url
+        for img in page.all("img"):
+            assert img.attrs.get("alt"), (url, img.attrs)
+        q = page.one("input", id="q")
+        label = page.one("label", **{"for": "q"})
+        assert label.text().strip(), url
+        assert q.attrs["name"] == "q"
+        body = page.one("body")
+        first_link = body.all("a")[0]
+        assert first_link.attrs["href"] == "#main" and "Skip" in first_link.text(), url
+        assert page.one(id="main").tag == "main"
+
+
+def test_forms_work_without_javascript(client):
+    for url in ("/", "/help", "/?q=cat"):
+        for form in get(client, url).all("form"):
+            assert form.attrs.get("method", "get").lower() == "get"
+            assert form.one("button").attrs.get("type") == "submit"
