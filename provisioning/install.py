@@ -13,8 +13,9 @@ steps, each printed as ``install: <step>: ...``:
     every pushed file belongs to the group the daemon reads with).
 ``glimpse``
     a venv (``/opt/glimpse/venv``) with ``glimpse[device]``: from the wheelhouse
-    sent along (``glimpse-provision wheelhouse``; the device needs no internet),
-    or else Glimpse's own wheel, built here, with its dependencies from the index.
+    sent along (``glimpse-provision wheelhouse``; the device needs no internet;
+    checked first to hold wheels for the device's Python and CPU), or else
+    Glimpse's own wheel, built here, with its dependencies from the index.
 ``unit``
     ``systemd/glimpse.service`` with ``ExecStart`` for this venv, data directory
     and port, into ``/etc/systemd/system``.
@@ -40,6 +41,7 @@ from pathlib import Path, PurePosixPath
 from device.errors import GlimpseError
 from provisioning.push import PushLog, PushOptions
 from provisioning.remote import Remote, last_line, shell
+from provisioning.wheelhouse import PLATFORMS, build_glimpse_wheel, read_manifest, source_tree
 
 #: The unit file, kept once in the source tree (``systemd/``).
 UNIT_FILE = Path(__file__).resolve().parent.parent / "systemd" / "glimpse.service"
@@ -204,18 +206,23 @@ done
 """
 
 
-def build_wheel(source: Path, out: Path) -> Path:
-    """Build Glimpse's own wheel from the source tree ``source`` into ``out``.
+def check_wheelhouse(manifest: dict, python: str, machine: str) -> None:
+    """Refuse a wheelhouse without wheels for the device's Python and CPU.
+
+    Args:
+        manifest: the wheelhouse's ``wheelhouse.json`` (see :mod:`provisioning.wheelhouse`).
+        python: the device's ``python3`` version, ``"3.11"`` style.
+        machine: the device's CPU (``uname -m``), e.g. ``aarch64``.
 
     Raises:
-        InstallFailed: pip could not build it.
+        InstallFailed: no target of the wheelhouse matches, naming what it has and what to build.
     """
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(out),
-                           str(source)], capture_output=True, text=True)
-    wheels = sorted(out.glob("glimpse-*.whl"))
-    if proc.returncode != 0 or not wheels:
-        raise InstallFailed(f"cannot build the Glimpse wheel: {last_line(proc.stderr) or proc.returncode}")
-    return wheels[-1]
+    targets = manifest.get("targets") or []
+    if any(t.get("python") == python and PLATFORMS.get(t.get("platform")) == machine for t in targets):
+        return
+    has = ", ".join(f"CPython {t.get('python')} {t.get('platform')}" for t in targets) or "no targets"
+    raise InstallFailed(f"the wheelhouse has wheels for {has}, but the device runs CPython {python} on {machine}: "
+                        f"make one with glimpse-provision wheelhouse --platform linux_{machine} --python {python}")
 
 
 def install(remote: Remote, options: PushOptions, wheelhouse: Path | None, log: PushLog,
@@ -230,7 +237,9 @@ def install(remote: Remote, options: PushOptions, wheelhouse: Path | None, log: 
         staging: where the wheels go on the device.
 
     Raises:
-        InstallFailed: a step failed (its output is in the message).
+        InstallFailed: a step failed (its output is in the message), or the wheelhouse
+            has no wheels for the device's Python and CPU.
+        WheelhouseFailed: ``wheelhouse`` is not a Glimpse wheelhouse, or Glimpse's wheel cannot be built.
         DeviceUnreachable: ssh cannot log in.
     """
     venv = str(PurePosixPath(options.remote_glimpse).parent.parent)
@@ -238,11 +247,16 @@ def install(remote: Remote, options: PushOptions, wheelhouse: Path | None, log: 
     log.begin()
     with tempfile.TemporaryDirectory(prefix="glimpse-install-") as tmp:
         if wheelhouse is not None:
-            if not Path(wheelhouse).is_dir():
-                raise InstallFailed(f"no wheelhouse directory {wheelhouse}")
+            manifest = read_manifest(wheelhouse)  # before anything is sent: is it one, and for this device?
+            proc = remote.run("python3 -c 'import platform, sys; print(\"%d.%d\" % sys.version_info[:2], "
+                              "platform.machine())'")
+            found = proc.stdout.split()
+            if proc.returncode != 0 or len(found) != 2:
+                raise InstallFailed(f"no python3 on the device: {last_line(proc.stderr)} (apt install python3-venv)")
+            check_wheelhouse(manifest, *found)
             local, remote_wheelhouse, wheel = Path(wheelhouse), str(staging / "wheelhouse"), None
         else:
-            built = build_wheel(Path(__file__).resolve().parent.parent, Path(tmp))
+            built = build_glimpse_wheel(source_tree(), Path(tmp), [sys.executable, "-m", "pip"])
             local, remote_wheelhouse, wheel = Path(tmp), None, str(staging / "wheelhouse" / built.name)
         proc = remote.run(shell("mkdir", "-p", staging))
         if proc.returncode != 0:

@@ -11,6 +11,7 @@ step says so and stops).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -127,6 +128,36 @@ def test_script_sets_up_user_directories_and_unit_under_a_fake_root(fake_root):
             if line.startswith("glimpse:")] == [":".join(user)]
 
 
+DEVICE_PYTHON = "python3 -c 'import platform, sys; print(\"%d.%d\" % sys.version_info[:2], platform.machine())'"
+
+
+def _wheelhouse(path: Path, python: str, platform: str) -> Path:
+    """A wheelhouse directory as ``glimpse-provision wheelhouse`` leaves it, for one target."""
+    path.mkdir()
+    (path / "glimpse-0.1.0-py3-none-any.whl").write_bytes(b"a wheel, as far as rsync cares")
+    (path / "wheelhouse.json").write_text(json.dumps({
+        "format": "glimpse-wheelhouse", "format_version": 1, "requirement": "glimpse[device]",
+        "targets": [{"python": python, "platform": platform, "wheels": []}]}))
+    return path
+
+
+def test_a_wheelhouse_for_another_python_or_cpu_is_refused_before_anything_is_sent(tmp_path):
+    sshd = Sshd(tmp_path / "sshd")
+    remote = Remote("127.0.0.1", port=sshd.port, user=sshd.user, identity=str(sshd.key),
+                    ssh_options=SSH_CLIENT_OPTIONS)
+    try:
+        python, machine = remote.run(DEVICE_PYTHON).stdout.split()
+        other = "armv7l" if machine != "armv7l" else "aarch64"
+        wheelhouse = _wheelhouse(tmp_path / "wheelhouse", python, f"linux_{other}")
+        with pytest.raises(InstallFailed, match=f"has wheels for CPython {python} linux_{other}, but the device "
+                                                f"runs CPython {python} on {machine}: make one with"):
+            install(remote, PushOptions(remote=remote, bundle=tmp_path), wheelhouse, PushLog(lambda line: None),
+                    staging=str(tmp_path / "staging"))
+    finally:
+        sshd.stop()
+    assert not (tmp_path / "staging").exists()
+
+
 def test_install_over_ssh_stages_the_wheelhouse_and_runs_the_script_as_root(fake_root, tmp_path):
     # The device is this machine through the loopback sshd, whose sessions get
     # DESTDIR (sshd's SetEnv): the real install() sends the wheelhouse with rsync and
@@ -134,15 +165,14 @@ def test_install_over_ssh_stages_the_wheelhouse_and_runs_the_script_as_root(fake
     # (pip) is left out, as above.
     sshd = Sshd(tmp_path / "sshd", extra_config=(
         f"SetEnv DESTDIR={fake_root} GLIMPSE_INSTALL_STEPS=\"user directories unit service\"",))
-    wheelhouse = tmp_path / "wheelhouse"
-    wheelhouse.mkdir()
-    (wheelhouse / "glimpse-0.1.0-py3-none-any.whl").write_bytes(b"a wheel, as far as rsync cares")
     lines: list[str] = []
     remote = Remote("127.0.0.1", port=sshd.port, user=sshd.user, identity=str(sshd.key),
                     ssh_options=SSH_CLIENT_OPTIONS)
     try:
         # Never run the script against this machine's own root.
         assert remote.run("printenv DESTDIR").stdout.strip() == str(fake_root)
+        python, machine = remote.run(DEVICE_PYTHON).stdout.split()
+        wheelhouse = _wheelhouse(tmp_path / "wheelhouse", python, f"linux_{machine}")
         options = install(remote, PushOptions(remote=remote, bundle=tmp_path, data_dir="/var/lib/glimpse",
                                               daemon_port=9000), wheelhouse, PushLog(lines.append),
                           staging=str(tmp_path / "staging"))
