@@ -18,8 +18,10 @@ SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: demo test test-device test-host test-pi pi-tools models bench system-deps clean
 
 # Debian packages the tests use as users have them: headless Chromium and its
-# driver for the browser test, systemd-analyze for the unit file.
-SYSTEM_DEPS := /usr/bin/chromium:chromium /usr/bin/chromedriver:chromium-driver /usr/bin/systemd-analyze:systemd
+# driver for the browser test, systemd-analyze for the unit file, sshd (with the
+# ssh client) and rsync for the push tests' loopback "device".
+SYSTEM_DEPS := /usr/bin/chromium:chromium /usr/bin/chromedriver:chromium-driver /usr/bin/systemd-analyze:systemd \
+               /usr/sbin/sshd:openssh-server /usr/bin/rsync:rsync
 system-deps:
 	@missing=""; for dep in $(SYSTEM_DEPS); do [ -x "$${dep%%:*}" ] || missing="$$missing $${dep##*:}"; done; \
 	if [ -n "$$missing" ]; then \

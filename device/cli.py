@@ -8,6 +8,7 @@
     glimpse status                   what the daemon serves, ingest progress
     glimpse admin-token              make an admin token (stored hashed)
     glimpse verify --bundle DIR
+    glimpse health [--port 8080] [--wait SECONDS]   print the daemon's /healthz answer
     glimpse selftest [--model DIR]
 
 Errors print ``glimpse: error: ...`` and exit 2; ``--debug`` shows tracebacks.
@@ -66,6 +67,12 @@ def _parser() -> argparse.ArgumentParser:
 
     verify = commands.add_parser("verify", help="check every file of a bundle against its manifest")
     verify.add_argument("--bundle", required=True, type=Path, help="bundle directory")
+
+    health = commands.add_parser("health", help="print the running daemon's /healthz answer (JSON)")
+    health.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                        help="keep asking for up to this long while no daemon answers (default 0: ask once)")
+    settings.add_arguments(health, ("host", "port"))
+    health.add_argument("--config", type=Path, help=f"configuration file (default {settings.CONFIG_FILE})")
 
     selftest = commands.add_parser(
         "selftest", help="run both towers on the model's reference inputs and compare with PyTorch")
@@ -238,6 +245,35 @@ def _verify(args) -> int:
     return 0
 
 
+def _health(args) -> int:
+    import http.client
+    import time
+    import urllib.error
+    import urllib.request
+
+    url = _daemon_url(args, "/healthz")
+    deadline = time.monotonic() + max(0.0, args.wait)
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=30) as response:
+                answer = json.load(response)
+            break
+        except urllib.error.HTTPError as exc:
+            # The daemon answered, but not healthy: waiting would not change that.
+            raise GlimpseError(f"the daemon at {url} is unhealthy ({exc.code} {exc.reason})") from None
+        except (urllib.error.URLError, OSError) as exc:
+            if time.monotonic() >= deadline:
+                reason = getattr(exc, "reason", exc)
+                raise GlimpseError(f"no Glimpse daemon answers at {url}: {reason}") from None
+            time.sleep(0.2)  # polling a daemon that is (re)starting; bounded by --wait
+        except (ValueError, http.client.HTTPException):
+            raise GlimpseError(f"{url} did not answer like a Glimpse daemon: is another program on that port?") from None
+    if not isinstance(answer, dict) or answer.get("status") != "ok" or "bundle_id" not in answer:
+        raise GlimpseError(f"{url} answered {answer!r}, not a Glimpse health report")
+    print(json.dumps(answer))
+    return 0
+
+
 def _selftest(args) -> int:
     from device.selftest import run_selftest
 
@@ -252,4 +288,5 @@ def _selftest(args) -> int:
 
 
 _COMMANDS = {"search": _search, "serve": _serve, "config": _config, "reload": _reload, "ingest": _ingest,
-             "status": _status, "admin-token": _admin_token, "verify": _verify, "selftest": _selftest}
+             "status": _status, "admin-token": _admin_token, "verify": _verify, "health": _health,
+             "selftest": _selftest}

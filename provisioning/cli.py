@@ -4,6 +4,9 @@
     glimpse-provision demo --out BUNDLE_DIR          (scikit-image's photos)
     glimpse-provision model default --out DIR [--variant int8|float32]   (needs PyTorch)
     glimpse-provision wheelhouse --platform linux_aarch64 --python 3.11 [--python 3.13 ...] --out DIR
+    glimpse-provision push HOST --bundle DIR [--port 22] [--user U] [--identity KEY] [--keep 3]
+                      [--install [--wheelhouse DIR]]   send, verify, switch, check, or roll back
+    glimpse-provision fleet --inventory FILE --bundle DIR   push to every host (ansible-playbook)
 
 Errors print ``glimpse-provision: error: ...`` and exit 2; ``--debug`` shows tracebacks.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import tempfile
 from pathlib import Path
 
@@ -50,7 +54,48 @@ def _parser() -> argparse.ArgumentParser:
     wheelhouse.add_argument("--out", required=True, type=Path, help="wheelhouse directory to fill")
     wheelhouse.add_argument("--source", type=Path,
                             help="Glimpse source tree to build the wheel from (default: this checkout)")
+
+    push = commands.add_parser(
+        "push", help="send a bundle to a device over ssh, switch to it, roll back if anything fails")
+    push.add_argument("host", help="the device's host name or address")
+    push.add_argument("--bundle", required=True, type=Path, help="bundle directory to send")
+    _push_options(push)
+
+    fleet = commands.add_parser("fleet", help="push a bundle to every host of an Ansible inventory")
+    fleet.add_argument("--inventory", required=True, type=Path, help="Ansible inventory (see provisioning/ansible)")
+    fleet.add_argument("--bundle", required=True, type=Path, help="bundle directory to send")
+    fleet.add_argument("--limit", help="only these hosts (Ansible pattern)")
+    fleet.add_argument("--forks", type=int, default=5, help="devices pushed to at once (default 5)")
     return parser
+
+
+def _push_options(parser) -> None:
+    ssh = parser.add_argument_group("ssh")
+    ssh.add_argument("--port", type=int, default=22, help="ssh port (default 22)")
+    ssh.add_argument("--user", help="login name (default: as ssh decides, e.g. ~/.ssh/config)")
+    ssh.add_argument("--identity", help="private key file (ssh -i)")
+    ssh.add_argument("--ssh-option", action="append", default=[], metavar="NAME=VALUE",
+                     help="an ssh -o option; repeat for several")
+    device = parser.add_argument_group("device")
+    device.add_argument("--data-dir", default="/var/lib/glimpse", help="data directory (default /var/lib/glimpse)")
+    device.add_argument("--remote-glimpse", default="/opt/glimpse/venv/bin/glimpse",
+                        help="the glimpse command (default /opt/glimpse/venv/bin/glimpse)")
+    device.add_argument("--daemon-port", type=int,
+                        help="the daemon's port (default: the device's configured port, 8080 unless changed)")
+    device.add_argument("--keep", type=int, default=3,
+                        help="bundles kept on the device (default 3; the served and the previous one always stay)")
+    device.add_argument("--health-wait", type=float, default=10.0, metavar="SECONDS",
+                        help="how long the health check waits for the daemon to answer (default 10)")
+    transfer = parser.add_argument_group("transfer")
+    transfer.add_argument("--rsync-path", help="the rsync command on the device (e.g. 'sudo -u glimpse rsync')")
+    transfer.add_argument("--rsync-option", action="append", default=[], metavar="OPTION",
+                          help="an extra rsync option, e.g. --rsync-option=--bwlimit=2000; repeat for several")
+    install = parser.add_argument_group("install")
+    install.add_argument("--install", action="store_true",
+                         help="first set the device up: service user, directories, Glimpse, the systemd unit")
+    install.add_argument("--wheelhouse", type=Path,
+                         help="install Glimpse from this wheelhouse (glimpse-provision wheelhouse): "
+                              "the device needs no internet; default: from the package index")
 
 
 def _build_options(parser) -> None:
@@ -129,4 +174,36 @@ def _wheelhouse(args) -> int:
     return 0
 
 
-_COMMANDS = {"build": _build, "demo": _demo, "model": _model, "wheelhouse": _wheelhouse}
+def _push(args) -> int:
+    from provisioning import install, push
+    from provisioning.remote import Remote
+
+    remote = Remote(host=args.host, port=args.port, user=args.user, identity=args.identity,
+                    ssh_options=tuple(args.ssh_option))
+    options = push.PushOptions(
+        remote=remote, bundle=args.bundle, data_dir=args.data_dir, remote_glimpse=args.remote_glimpse,
+        daemon_port=args.daemon_port, keep=args.keep, rsync_path=args.rsync_path,
+        rsync_options=tuple(args.rsync_option), health_wait=args.health_wait)
+    log = push.PushLog()
+    # A stop request (a cancelled CI job, `kill`) rolls back as Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
+    if args.install:
+        options = install.install(remote, options, wheelhouse=args.wheelhouse, log=log)
+    elif args.wheelhouse:
+        raise GlimpseError("--wheelhouse goes with --install")
+    push.push(options, log)
+    return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _fleet(args) -> int:
+    from provisioning import fleet
+
+    return fleet.run(args.inventory, args.bundle, limit=args.limit, forks=args.forks)
+
+
+_COMMANDS = {"build": _build, "demo": _demo, "model": _model, "wheelhouse": _wheelhouse, "push": _push,
+             "fleet": _fleet}
