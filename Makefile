@@ -62,8 +62,9 @@ test: test-device test-host
 test-device: $(VENV)/.installed-test system-deps
 	$(VENV)/bin/python -m pytest -m "not host and not pi" $(PYTEST_ARGS)
 
+# Host tests live in tests/test_host_*.py: the host venv has PyTorch but not the device extras.
 test-host: $(HOST_VENV)/.installed
-	$(HOST_VENV)/bin/python -m pytest -m host $(PYTEST_ARGS)
+	$(HOST_VENV)/bin/python -m pytest -m host tests/test_host_*.py $(PYTEST_ARGS)
 
 # Proof that it runs on a Pi, without a Pi: Debian Bookworm and Trixie arm64 root
 # filesystems (cached in $(PI_CACHE)), the wheelhouse installed into them, Glimpse run
