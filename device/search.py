@@ -14,7 +14,6 @@ from pathlib import Path
 from device.bundle import Bundle, Item
 from device.encoders import EncoderOptions, TextEncoder
 from device.errors import QueryInvalid
-from device.index import ExactIndex
 
 #: Longest query accepted, in characters. The text tower reads 64 tokens; a
 #: longer query is almost surely pasted by mistake (or an attack).
@@ -99,7 +98,8 @@ class Searcher:
         self.bundle = bundle
         self.encoder = encoder
         self.options = options
-        self.index = ExactIndex(bundle.embeddings)
+        # Exact or partitioned, as the bundle was built: one search interface.
+        self.index = bundle.index
 
     @classmethod
     def create_from_options(cls, options: SearcherOptions) -> "Searcher":

@@ -26,6 +26,7 @@ from device import images
 from device.encoders import EncoderOptions, ImageEncoder
 from device.errors import GlimpseError, ImageUnreadable
 from device.model import SPEC_NAME, default_model_dir, read_spec, sha256_file
+from provisioning.index import IndexOptions, build_index
 
 THUMB_FORMATS = {"jpeg": ("JPEG", ".jpg"), "webp": ("WEBP", ".webp")}
 
@@ -47,6 +48,7 @@ class BuildOptions:
         workers: decoding processes (0: as many as CPUs).
         force: replace ``out`` if it exists.
         progress: print a progress line to stderr.
+        index: the search index to build (default: chosen by photo count).
     """
 
     images: Path
@@ -57,6 +59,7 @@ class BuildOptions:
     workers: int = 0
     force: bool = False
     progress: bool = True
+    index: IndexOptions = dataclasses.field(default_factory=IndexOptions)
 
 
 @dataclasses.dataclass
@@ -163,7 +166,9 @@ def build(options: BuildOptions) -> dict:
         if not items:
             raise BuildFailed(f"{root}: no usable photo found ({len(skipped)} files skipped)")
         _copy_model(model_dir, work / bundle_format.MODEL_DIR)
-        np.save(work / bundle_format.EMBEDDINGS, np.asarray(vectors, dtype=np.float32))
+        embeddings = np.asarray(vectors, dtype=np.float32)
+        np.save(work / bundle_format.EMBEDDINGS, embeddings)
+        index = build_index(work, embeddings, options.index)
         with open(work / bundle_format.ITEMS, "w", encoding="utf-8") as handle:
             for item in items:
                 handle.write(json.dumps(item.to_json(), ensure_ascii=False) + "\n")
@@ -174,13 +179,14 @@ def build(options: BuildOptions) -> dict:
             "items": len(items),
             "duplicates": duplicates,
             "skipped": skipped,
+            "index": index["kind"],
             "seconds": round(time.monotonic() - started, 2),
         }
         (work / bundle_format.REPORT).write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n",
                                                  encoding="utf-8")
         manifest = bundle_format.write_manifest(
             work, spec, len(items),
-            extra={"index": {"kind": "exact"}, "builder": {"glimpse": _version(), "thumb_size": options.thumb_size}},
+            extra={"index": index, "builder": {"glimpse": _version(), "thumb_size": options.thumb_size}},
         )
         report["bundle_id"] = manifest["bundle_id"]
         if out.exists():
