@@ -18,8 +18,6 @@ from device.index import (AUTO_EXACT_MAX_ITEMS, ExactIndex, PartitionedIndex, Pa
 from device.search import Searcher
 from provisioning.index import IndexOptions, build_index
 
-
-
 DIM = 384
 
 
