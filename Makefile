@@ -1,17 +1,21 @@
 # Glimpse: two commands set everything up on a fresh machine.
 #   make demo   install into .venv, build the demo bundle on first run, serve http://127.0.0.1:8080
 #   make test   install what the tests need (.venv and .venv-host), run them
-# Other targets: make models (rebuild the committed default model; needs PyTorch), make bench.
+# Other targets: make models (rebuild the committed default model; needs PyTorch), make bench,
+# make bench-ann (ANN engines side by side; needs Debian's dataset-fashion-mnist, x86 for scann).
 
 PYTHON      ?= python3
 VENV        := .venv
 HOST_VENV   := .venv-host
+BENCH_VENV  := .venv-bench
+ANN_ITEMS   ?= 100000
+ANN_QUERIES ?= 500
 DEMO_BUNDLE := var/demo-bundle
 HOST        ?= 127.0.0.1
 PORT        ?= 8080
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-device test-host models bench clean
+.PHONY: demo test test-device test-host models bench bench-ann clean
 
 # The device side: what a Pi installs (LiteRT pinned to the version proven on its CPU). No PyTorch.
 $(VENV)/.installed-demo: setup.cfg pyproject.toml
@@ -53,5 +57,14 @@ bench: $(VENV)/.installed-test
 	  $(VENV)/bin/glimpse-provision demo --out $(DEMO_BUNDLE) --force --quiet
 	$(VENV)/bin/python -m bench.query_latency --bundle $(DEMO_BUNDLE)
 
+# The device's packages plus the reference engines (scann, hnswlib): a bench-only environment.
+$(BENCH_VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet -e '.[device,bench]'
+	touch $@
+
+bench-ann: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python -m bench.ann --items $(ANN_ITEMS) --queries $(ANN_QUERIES)
+
 clean:
-	rm -rf $(VENV) $(HOST_VENV) var build *.egg-info
+	rm -rf $(VENV) $(HOST_VENV) $(BENCH_VENV) var build *.egg-info
