@@ -26,7 +26,8 @@ from device import images
 from device.encoders import EncoderOptions, ImageEncoder
 from device.errors import GlimpseError, ImageUnreadable
 from device.model import SPEC_NAME, default_model_dir, read_spec, sha256_file
-from provisioning.index import IndexOptions, build_index
+from device.index import choose_kind
+from provisioning.index import IndexOptions, build_index, text_queries
 
 THUMB_FORMATS = {"jpeg": ("JPEG", ".jpg"), "webp": ("WEBP", ".webp")}
 
@@ -168,7 +169,9 @@ def build(options: BuildOptions) -> dict:
         _copy_model(model_dir, work / bundle_format.MODEL_DIR)
         embeddings = np.asarray(vectors, dtype=np.float32)
         np.save(work / bundle_format.EMBEDDINGS, embeddings)
-        index = build_index(work, embeddings, options.index)
+        # A partitioned index is calibrated on the text tower's queries.
+        queries = text_queries(model_dir) if choose_kind(options.index.kind, len(items)) == "ivfpq" else None
+        index = build_index(work, embeddings, options.index, queries=queries)
         with open(work / bundle_format.ITEMS, "w", encoding="utf-8") as handle:
             for item in items:
                 handle.write(json.dumps(item.to_json(), ensure_ascii=False) + "\n")

@@ -18,7 +18,10 @@ from device.index import (AUTO_EXACT_MAX_ITEMS, ExactIndex, PartitionedIndex, Pa
 from device.search import Searcher
 from provisioning.index import IndexOptions, build_index
 
-DIM = 384
+# 128 dimensions in 16 sub-quantizers: the production ratio (8 dimensions per
+# code) at a third of the training time of 384.
+DIM = 128
+M = 16
 
 
 def _clustered(rng, n, centres):
@@ -29,15 +32,18 @@ def _clustered(rng, n, centres):
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
-    """5000 clustered items, an ivfpq index built for recall 0.95, and fresh queries."""
+    """5000 clustered items, an ivfpq index calibrated for recall 0.95 on 60
+    queries, and 100 fresh queries from the same distribution."""
     rng = np.random.default_rng(42)
     centres = rng.normal(size=(40, DIM)).astype(np.float32) / np.sqrt(DIM)
     items = _clustered(rng, 5000, centres)
+    calibration = _clustered(rng, 60, centres)
     queries = _clustered(rng, 100, centres)
     folder = tmp_path_factory.mktemp("ivfpq")
     np.save(folder / "embeddings.npy", items)
     embeddings = np.load(folder / "embeddings.npy", mmap_mode="r")
-    record = build_index(folder, embeddings, IndexOptions(kind="ivfpq", target_recall=0.95))
+    record = build_index(folder, embeddings, IndexOptions(kind="ivfpq", target_recall=0.95, m=M),
+                         queries=calibration)
     files = {record["file"]: {}}
     return folder, embeddings, queries, record, open_index(folder, record, embeddings, files)
 
@@ -53,7 +59,8 @@ def test_recall_against_exact_on_fresh_queries(synthetic):
     assert isinstance(index, PartitionedIndex) and index.kind == "ivfpq"
     assert record["recall_at_10"] >= 0.95  # what calibration measured on its own queries
     # Fresh queries from the same distribution: 1000 neighbour slots, so the
-    # sampling error of a 0.95 recall is about 0.007; 0.9 leaves a wide margin
+    # sampling error of a 0.95 recall is about 0.007 (plus the calibration
+    # set's own, 600 slots: about 0.009); 0.9 leaves a wide margin
     # yet fails if routing, quantization or re-scoring breaks (a random short
     # list of 100 out of 5000 would score about 0.02).
     assert _recall(index, embeddings, queries) >= 0.90
@@ -61,11 +68,12 @@ def test_recall_against_exact_on_fresh_queries(synthetic):
 
 def test_fewer_partitions_visited_means_fewer_candidates(synthetic):
     _, _, queries, record, index = synthetic
-    assert 1 < record["nprobe"] <= record["nlist"]
-    # One partition cannot hold the whole short list of a 5000-item set with
-    # ~140 partitions; the built-for nprobe can.
-    assert len(index.candidates(queries[0], record["rerank"], nprobe=1)) < record["rerank"]
-    assert len(index.candidates(queries[0], record["rerank"])) == record["rerank"]
+    assert 1 < record["nprobe"] < record["nlist"]
+    # One partition of a 5000-item set in ~140 cannot fill the short list;
+    # the built-for nprobe visits more, and all partitions fill it.
+    one = len(index.candidates(queries[0], record["rerank"], nprobe=1))
+    assert one < len(index.candidates(queries[0], record["rerank"])) <= record["rerank"]
+    assert len(index.candidates(queries[0], record["rerank"], nprobe=record["nlist"])) == record["rerank"]
 
 
 def test_scores_are_exact_cosines_not_quantized(synthetic):
@@ -94,13 +102,13 @@ def test_manifest_records_parameters_and_recall(synthetic):
     folder, _, _, record, _ = synthetic
     assert record["kind"] == "ivfpq" and record["file"] == INDEX_FILE
     assert record["factory"] == f"IVF{record['nlist']},PQ{record['m']}x{record['nbits']}"
-    assert record["nlist"] == round(2 * np.sqrt(5000)) and record["m"] == 48 and record["nbits"] == 8
+    assert record["nlist"] == round(2 * np.sqrt(5000)) and record["m"] == M and record["nbits"] == 8
     assert record["target_recall_at_10"] == 0.95 and 0.95 <= record["recall_at_10"] <= 1
-    assert record["calibration"]["queries"] == 200
-    # 48 code bytes + 8 id bytes per item, plus centroids and codebooks.
+    assert record["calibration"] == {"queries": 60, "kind": "text", "seed": 0}
+    # M code bytes + 8 id bytes per item, plus centroids and codebooks.
     size = (folder / INDEX_FILE).stat().st_size
     assert record["bytes_per_item"] == round(size / 5000, 2)
-    assert 56 * 5000 < size < 56 * 5000 + (record["nlist"] + 256) * DIM * 4 + 100_000
+    assert (M + 8) * 5000 < size < (M + 8) * 5000 + (record["nlist"] + 256) * DIM * 4 + 100_000
 
 
 def test_kind_chosen_by_size_and_overridable(tmp_path):
@@ -112,9 +120,9 @@ def test_kind_chosen_by_size_and_overridable(tmp_path):
         choose_kind("hnsw", 10)
     rng = np.random.default_rng(0)
     small = _clustered(rng, 300, rng.normal(size=(5, DIM)).astype(np.float32) / np.sqrt(DIM))
-    assert build_index(tmp_path, small, IndexOptions()) == {"kind": "exact"}
+    assert build_index(tmp_path, small, IndexOptions(m=M)) == {"kind": "exact"}
     assert not (tmp_path / INDEX_FILE).exists()
-    forced = build_index(tmp_path, small, IndexOptions(kind="ivfpq"))
+    forced = build_index(tmp_path, small, IndexOptions(kind="ivfpq", m=M))
     assert forced["kind"] == "ivfpq" and (tmp_path / INDEX_FILE).is_file()
 
 
