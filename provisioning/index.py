@@ -38,13 +38,19 @@ CALIBRATION_SUBJECTS = (
 )
 
 
+#: With kind ``auto``, an ivfpq index whose calibrated recall falls more than
+#: this below the target is discarded for an exact one.
+AUTO_RECALL_SLACK = 0.05
+
+
 @dataclasses.dataclass
 class IndexOptions:
     """How to index a bundle.
 
     Attributes:
-        kind: ``auto`` (by item count, see :func:`device.index.choose_kind`),
-            ``exact`` or ``ivfpq``.
+        kind: ``auto`` (by item count, see :func:`device.index.choose_kind`,
+            and exact after all if the ivfpq index cannot come within
+            :data:`AUTO_RECALL_SLACK` of ``target_recall``), ``exact`` or ``ivfpq``.
         target_recall: recall@10 against exact search that the calibrated
             ``nprobe`` must reach on the calibration queries.
         nlist: partitions (default: about 2 sqrt(items)).
@@ -162,6 +168,13 @@ def build_index(bundle_dir: Path, embeddings: np.ndarray, options: IndexOptions 
         top = max(m[3] for m in measured)
         best = min(m for m in measured if m[3] >= top - 0.01)
     _, nprobe, rerank, recall = best
+    if options.kind == "auto" and recall < options.target_recall - AUTO_RECALL_SLACK:
+        # Data without neighbourhood structure (random-like vectors): no nprobe
+        # gets near the target, and scanning most partitions is slower than
+        # exact search. Auto never trades away recall it cannot deliver.
+        path.unlink()
+        return {"kind": "exact",
+                "note": f"ivfpq reached recall@10 {recall:.3f} < target {options.target_recall}: exact instead"}
     size = path.stat().st_size
     return {
         "kind": "ivfpq",

@@ -127,6 +127,20 @@ def test_kind_chosen_by_size_and_overridable(tmp_path):
     assert forced["kind"] == "ivfpq" and (tmp_path / INDEX_FILE).is_file()
 
 
+def test_auto_falls_back_to_exact_when_the_target_is_out_of_reach(tmp_path):
+    # Random vectors have no neighbourhood structure, and a 10-item short list
+    # ranked by 4-byte codes cannot find their true top 10.
+    rng = np.random.default_rng(3)
+    items = rng.normal(size=(AUTO_EXACT_MAX_ITEMS + 1, 32)).astype(np.float32)
+    items /= np.linalg.norm(items, axis=1, keepdims=True)
+    options = dict(m=4, rerank=(10,), calibration_queries=50)
+    forced = build_index(tmp_path, items, IndexOptions(kind="ivfpq", **options))
+    assert forced["kind"] == "ivfpq" and forced["recall_at_10"] < 0.9
+    auto = build_index(tmp_path, items, IndexOptions(kind="auto", **options))
+    assert auto["kind"] == "exact" and "exact instead" in auto["note"]
+    assert not (tmp_path / INDEX_FILE).exists()
+
+
 def test_index_is_memory_mapped_not_read(tmp_path):
     # A million 32-d items: 16 MB of codes and ids. Opening maps them; RSS must
     # not grow by anything like the file size.
