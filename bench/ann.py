@@ -23,8 +23,8 @@ Engines:
   scann           ScaNN tree + anisotropic AH (dims_per_block 2, threshold 0.2); x86 host only
   faiss-fastscan  faiss IVF-PQ fast-scan (PQ96x4fs: 48 code bytes, L2), in RAM; short list 4x --rerank
   hnswlib         HNSW graph (M 16, ef_construction 100), full float32 vectors
-  glimpse         the bundle index as Glimpse builds and opens it (auto kind; ivfpq: faiss IVF-PQ
-                  PQ48x8, memory-mapped, nprobe calibrated at build time)
+  glimpse         the bundle index as glimpse-provision builds and the device opens it (--kind, default
+                  ivfpq: faiss IVF-PQ PQ48x8, memory-mapped, nprobe and rerank calibrated at build time)
   glimpse-query   a whole Glimpse bundle of these items: Searcher.search(text) = text tower + index
 """
 
