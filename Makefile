@@ -2,11 +2,15 @@
 #   make demo   install into .venv, build the demo bundle on first run, serve http://127.0.0.1:8080
 #   make test   install what the tests need (.venv and .venv-host), run them
 # Other targets: make test-pi (Glimpse on emulated Raspberry Pi CPUs; root, network),
-# make models (rebuild the committed default model; needs PyTorch), make bench.
+# make models (rebuild the committed default model; needs PyTorch), make bench,
+# make bench-ann (ANN engines side by side; needs Debian's dataset-fashion-mnist, x86 for scann).
 
 PYTHON      ?= python3
 VENV        := .venv
 HOST_VENV   := .venv-host
+BENCH_VENV  := .venv-bench
+ANN_ITEMS   ?= 100000
+ANN_QUERIES ?= 500
 DEMO_BUNDLE := var/demo-bundle
 HOST        ?= 127.0.0.1
 PORT        ?= 8080
@@ -15,7 +19,7 @@ PYTEST_ARGS ?=
 PI_CACHE    ?= /var/cache/glimpse-pi
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-device test-host test-pi pi-tools models bench system-deps clean
+.PHONY: demo test test-device test-host test-pi pi-tools models bench bench-ann system-deps clean
 
 # Debian packages the tests use as users have them: headless Chromium and its
 # driver for the browser test, systemd-analyze for the unit file, sshd (with the
@@ -87,5 +91,14 @@ bench: $(VENV)/.installed-test
 	  $(VENV)/bin/glimpse-provision demo --out $(DEMO_BUNDLE) --force --quiet
 	$(VENV)/bin/python -m bench.query_latency --bundle $(DEMO_BUNDLE)
 
+# The device's packages plus the reference engines (scann, hnswlib): a bench-only environment.
+$(BENCH_VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet -e '.[device,bench]'
+	touch $@
+
+bench-ann: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python -m bench.ann --items $(ANN_ITEMS) --queries $(ANN_QUERIES)
+
 clean:
-	rm -rf $(VENV) $(HOST_VENV) var build *.egg-info
+	rm -rf $(VENV) $(HOST_VENV) $(BENCH_VENV) var build *.egg-info

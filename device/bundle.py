@@ -6,6 +6,7 @@ A bundle is one directory (see ``docs/bundle-format.md``)::
     model/            model.json, text and image towers (.tflite), tokenizer.json, ...
     embeddings.npy    float32 (items, dim), unit rows; memory-mapped on open
     items.jsonl       one JSON object per item, in embedding row order
+    index.faiss       partitioned index (only when the manifest's index kind is ivfpq)
     thumbs/<id>.jpg   one thumbnail per item
     previews/<id>.jpg one large display copy per item (optional)
     originals/<id>.*  the original files (optional)
@@ -27,6 +28,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from device.errors import BundleInvalid, ItemNotFound, ModelInvalid
+from device.index import open_index
 from device.model import ModelSpec, read_spec, sha256_file
 
 BUNDLE_FORMAT = "glimpse-bundle"
@@ -35,6 +37,7 @@ MANIFEST = "manifest.json"
 MODEL_DIR = "model"
 EMBEDDINGS = "embeddings.npy"
 ITEMS = "items.jsonl"
+INDEX_FILE = "index.faiss"
 THUMBS = "thumbs"
 PREVIEWS = "previews"
 ORIGINALS = "originals"
@@ -102,15 +105,19 @@ class Bundle:
         spec: the model's :class:`~device.model.ModelSpec`.
         items: every :class:`Item`, in embedding row order.
         embeddings: (items, dim) float32, memory-mapped read-only.
+        index: the search index the manifest names (:mod:`device.index`), opened
+            on the memory-mapped embeddings (and index file).
     """
 
     def __init__(self, path: Path, manifest: dict, spec: ModelSpec, items: list[Item],
-                 embeddings: np.ndarray):
+                 embeddings: np.ndarray, index=None):
         self.path = path
         self.manifest = manifest
         self.spec = spec
         self.items = items
         self.embeddings = embeddings
+        self.index = index if index is not None else open_index(
+            path, manifest.get("index", {"kind": "exact"}), embeddings, manifest["files"])
         self._rows = {item.id: row for row, item in enumerate(items)}
 
     @property
@@ -177,7 +184,8 @@ class Bundle:
 
         Raises:
             BundleInvalid: naming the problem (not a bundle, wrong format version,
-                missing or altered file, dimension or count mismatch).
+                missing or altered file, dimension or count mismatch, an index
+                kind this device does not know or an unreadable index).
         """
         if verify not in VERIFY_LEVELS:
             raise ValueError(f"verify must be one of {VERIFY_LEVELS}")
@@ -200,7 +208,9 @@ class Bundle:
             )
         items = _read_items(path, manifest)
         embeddings = _open_embeddings(path, len(items), spec.dim)
-        return cls(path, manifest, spec, items, embeddings)
+        # Bundles written before the index object existed are exact.
+        index = open_index(path, manifest.get("index", {"kind": "exact"}), embeddings, manifest["files"])
+        return cls(path, manifest, spec, items, embeddings, index)
 
 
 def _read_manifest(path: Path) -> dict:

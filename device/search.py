@@ -19,7 +19,7 @@ from device import query as query_syntax
 from device.bundle import Bundle, Item
 from device.encoders import EncoderOptions, TextEncoder
 from device.errors import ItemNotFound, QueryInvalid
-from device.index import ExactIndex, top_k
+from device.index import top_k
 
 #: Longest query accepted, in characters. The text tower reads 64 tokens; a
 #: longer query is almost surely pasted by mistake (or an attack).
@@ -172,7 +172,8 @@ class Searcher:
         self.options = options
         #: Photos added on the device (:class:`device.ingest.DeltaLayer`), searched with the bundle.
         self.delta = delta
-        self.index = ExactIndex(bundle.embeddings)
+        # Exact or partitioned, as the bundle was built: one search interface.
+        self.index = bundle.index
         self._lock = threading.Lock()
         self._row_cache: dict = {}
 

@@ -27,7 +27,9 @@ from device import images
 from device.encoders import EncoderOptions, ImageEncoder
 from device.errors import GlimpseError, ImageUnreadable
 from device.model import SPEC_NAME, default_model_dir, read_spec, sha256_file
+from device.index import choose_kind
 from provisioning.cache import BuildCache, HashCache, default_cache_dir
+from provisioning.index import IndexOptions, build_index, text_queries
 
 THUMB_FORMATS = {"jpeg": ("JPEG", ".jpg"), "webp": ("WEBP", ".webp")}
 
@@ -62,6 +64,7 @@ class BuildOptions:
         use_cache: read and write the build cache.
         force: replace ``out`` if it exists.
         progress: print a progress line to stderr.
+        index: the search index to build (default: chosen by photo count).
     """
 
     images: Path
@@ -76,6 +79,7 @@ class BuildOptions:
     use_cache: bool = True
     force: bool = False
     progress: bool = True
+    index: IndexOptions = dataclasses.field(default_factory=IndexOptions)
 
 
 ORIGINALS_MODES = ("none", "copy")
@@ -213,7 +217,11 @@ def build(options: BuildOptions) -> dict:
         if not items:
             raise BuildFailed(f"{root}: no usable photo found ({len(skipped)} files skipped)")
         _copy_model(model_dir, work / bundle_format.MODEL_DIR)
-        np.save(work / bundle_format.EMBEDDINGS, np.asarray(vectors, dtype=np.float32).reshape(len(items), spec.dim))
+        embeddings = np.asarray(vectors, dtype=np.float32).reshape(len(items), spec.dim)
+        np.save(work / bundle_format.EMBEDDINGS, embeddings)
+        # A partitioned index is calibrated on the text tower's queries.
+        queries = text_queries(model_dir) if choose_kind(options.index.kind, len(items)) == "ivfpq" else None
+        index = build_index(work, embeddings, options.index, queries=queries)
         with open(work / bundle_format.ITEMS, "w", encoding="utf-8") as handle:
             for item in items:
                 handle.write(json.dumps(item.to_json(), ensure_ascii=False) + "\n")
@@ -227,6 +235,7 @@ def build(options: BuildOptions) -> dict:
             "from_cache": len(items) - embedded,
             "duplicates": duplicates,
             "skipped": skipped,
+            "index": index["kind"],
             "seconds": round(seconds, 2),
             "photos_per_second": round(len(unique) / seconds, 1) if seconds > 0 else None,
         }
@@ -234,7 +243,7 @@ def build(options: BuildOptions) -> dict:
                                                  encoding="utf-8")
         manifest = bundle_format.write_manifest(
             work, spec, len(items),
-            extra={"index": {"kind": "exact"},
+            extra={"index": index,
                    "builder": {"glimpse": _version(), "thumb_size": options.thumb_size,
                                "preview_size": options.preview_size, "originals": options.originals}},
         )

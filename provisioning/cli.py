@@ -1,6 +1,6 @@
 """``glimpse-provision``: the host's command line.
 
-    glimpse-provision build --images DIR --out BUNDLE_DIR [--model DIR] [--force]
+    glimpse-provision build --images DIR --out BUNDLE_DIR [--model DIR] [--index auto|exact|ivfpq] [--force]
     glimpse-provision demo --out BUNDLE_DIR          (scikit-image's photos)
     glimpse-provision model default --out DIR [--variant int8|float32]   (needs PyTorch)
     glimpse-provision wheelhouse --platform linux_aarch64 --python 3.11 [--python 3.13 ...] --out DIR
@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from device.cli import run_command
+from device.errors import GlimpseError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -112,6 +113,11 @@ def _build_options(parser) -> None:
     parser.add_argument("--cache-dir", type=Path,
                         help="build cache: embeddings and thumbnails of photos seen before (default ~/.cache/glimpse)")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the build cache")
+    parser.add_argument("--index", choices=["auto", "exact", "ivfpq"], default="auto",
+                        help="search index: exact, ivfpq (partitioned, quantized) or auto, by photo count "
+                             "(default auto: exact up to 20000 photos)")
+    parser.add_argument("--target-recall", type=float, default=0.95,
+                        help="recall@10 the ivfpq index is calibrated for (default 0.95)")
     parser.add_argument("--force", action="store_true", help="replace the output bundle if it exists")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
 
@@ -124,15 +130,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_build(args, images: Path) -> int:
     from provisioning.build import BuildOptions, build
+    from provisioning.index import IndexOptions
 
+    if not 0 < args.target_recall <= 1:
+        raise GlimpseError("--target-recall must be above 0 and at most 1")
     report = build(BuildOptions(images=images, out=args.out, model_dir=args.model,
                                 thumb_size=args.thumb_size, thumb_format=args.thumb_format,
                                 preview_size=args.preview_size, originals=args.originals,
                                 cache_dir=args.cache_dir, use_cache=not args.no_cache,
-                                workers=args.workers, force=args.force, progress=not args.quiet))
+                                workers=args.workers, force=args.force, progress=not args.quiet,
+                                index=IndexOptions(kind=args.index, target_recall=args.target_recall)))
     print(f"bundle {report['bundle_id']}: {report['items']} photos in {args.out} "
           f"({report['seconds']}s, {report['embedded']} embedded, {report['from_cache']} from the cache, "
-          f"model {report['model']})")
+          f"model {report['model']}, index {report['index']})")
     if report["duplicates"]:
         print(f"{len(report['duplicates'])} duplicate files kept once")
     for entry in report["skipped"]:
