@@ -335,3 +335,20 @@ def _multipart(name: str, data: bytes):
     body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n"
             "Content-Type: image/jpeg\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
     return body, boundary
+
+
+def test_a_photo_added_with_the_web_page_form_is_found_within_seconds(data_dir):
+    daemon, client = _client(data_dir)
+    try:
+        started = time.monotonic()
+        page = client.post("/add", data=_files(("rocket-launch.jpg", photo_bytes("rocket.jpg", variant=2))),
+                           content_type="multipart/form-data")
+        assert page.status_code == 202
+        assert "rocket-launch.jpg: added, being embedded" in page.get_data(as_text=True)
+        found = []
+        while not found and time.monotonic() - started < 60:  # bounded; the worker runs meanwhile
+            found = client.get("/api/search?q=a+space+launch&k=1&folder=added").get_json()
+        assert found[0]["path"] == "added/rocket-launch.jpg"
+        print(f"found {time.monotonic() - started:.2f}s after the form was posted, no restart")
+    finally:
+        daemon.ingestor.stop()
