@@ -156,6 +156,12 @@ class Daemon:
             self.notifier.ready(f"serving {searcher.bundle.id}")
             return {"bundle_id": searcher.bundle.id, "previous": previous}
 
+    def _reload_logged(self) -> None:
+        try:
+            self.reload()
+        except GlimpseError:
+            pass  # logged by reload(); the old bundle keeps serving
+
     def start_ingest(self) -> bool:
         """Open the ingest store and start the worker (and the folder watcher), as the settings say.
 
@@ -311,14 +317,16 @@ class Daemon:
                     break
                 if requests["reload"]:
                     requests["reload"] = False
-                    try:
-                        self.reload()
-                    except GlimpseError:
-                        pass  # logged by reload(); the old bundle keeps serving
+                    # Verifying a large bundle in full takes long on a Pi: the main
+                    # loop must go on pinging the watchdog meanwhile.
+                    threading.Thread(target=self._reload_logged, name="reload", daemon=True).start()
                 if not thread.is_alive():
                     log.error("the HTTP server thread died; exiting so systemd restarts the service")
                     status = 1
                     break
+                if self.ingestor and not self.ingestor.alive and not self._stopping.is_set():
+                    log.error("the ingest worker stopped; starting it again")
+                    self.ingestor.start()
                 # Ping when systemd asked for it, at most twice per interval: the panel
                 # can wake the loop often, and a ping per wake would flood the socket.
                 interval = self.notifier.watchdog_interval
