@@ -181,6 +181,16 @@ def test_malformed_captions_give_a_clear_error(coco, tmp_path, make, message):
     assert proc.stdout == ""
 
 
+@pytest.mark.parametrize("form, extra, message", [
+    ("csv", ("--split", "test"), "--split needs a COCO-format .json"),
+    ("json", ("--limit", "0"), "--limit must be at least 1"),
+])
+def test_bad_options_give_a_clear_error(coco, form, extra, message):
+    proc = _eval_cli(coco / f"captions.{form}", coco / "images", *extra, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("glimpse-provision: error: ") and message in proc.stderr, proc.stderr
+
+
 def test_unknown_image_is_its_own_error(coco, tmp_path):
     path = _bad_coco(coco, tmp_path, lambda d: d["annotations"][0].update(image_id=7))
     with pytest.raises(CaptionImageUnknown):
