@@ -3,6 +3,8 @@
     glimpse-provision build --images DIR --out BUNDLE_DIR [--model DIR] [--index auto|exact|ivfpq] [--force]
     glimpse-provision demo --out BUNDLE_DIR          (scikit-image's photos)
     glimpse-provision model default --out DIR [--variant int8|float32]   (needs PyTorch)
+    glimpse-provision eval --captions FILE --images DIR [--model DIR] [--split NAME] [--limit N] [--json]
+                      text-to-image Recall@1/5/10 of a model on captioned photos (COCO JSON, CSV, JSONL)
     glimpse-provision wheelhouse --platform linux_aarch64 --python 3.11 [--python 3.13 ...] --out DIR
     glimpse-provision push HOST --bundle DIR [--port 22] [--user U] [--identity KEY] [--keep 3]
                       [--install [--wheelhouse DIR]]   send, verify, switch, check, or roll back
@@ -43,6 +45,17 @@ def _parser() -> argparse.ArgumentParser:
     model.add_argument("--out", required=True, type=Path, help="model directory to write")
     model.add_argument("--variant", choices=["int8", "float32"], default="int8",
                        help="tower precision (default int8)")
+
+    evaluate = commands.add_parser(
+        "eval", help="measure a model's text-to-image Recall@1/5/10 on captioned photos")
+    evaluate.add_argument("--captions", required=True, type=Path,
+                          help="captions: COCO-format .json (images, annotations), .csv (image,caption) or .jsonl")
+    evaluate.add_argument("--images", required=True, type=Path, help="folder the image names are relative to")
+    evaluate.add_argument("--model", type=Path, help="model directory (default: the committed glimpse-default)")
+    evaluate.add_argument("--split", help="only images whose 'split' field is this (COCO .json)")
+    evaluate.add_argument("--limit", type=int, help="only the first N photos (and their captions)")
+    evaluate.add_argument("--threads", type=int, default=1, help="interpreter threads per tower (default 1)")
+    evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
 
     wheelhouse = commands.add_parser(
         "wheelhouse", help="download every wheel a device needs, for installing without internet")
@@ -171,6 +184,25 @@ def _model(args) -> int:
     return 0
 
 
+def _eval(args) -> int:
+    from provisioning.captions import read_captions
+    from provisioning.evaluate import evaluate
+
+    if args.limit is not None and args.limit < 1:
+        raise GlimpseError("--limit must be at least 1")
+    if args.threads < 1:
+        raise GlimpseError("--threads must be at least 1")
+    captions = read_captions(args.captions, args.images, split=args.split, limit=args.limit)
+    report = evaluate(captions, model_dir=args.model, num_threads=args.threads)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=1, ensure_ascii=False))
+    else:
+        print(report.table())
+        for name, reason in report.skipped:
+            print(f"skipped {name}: {reason}")
+    return 0
+
+
 def _wheelhouse(args) -> int:
     from provisioning import wheelhouse
 
@@ -215,5 +247,5 @@ def _fleet(args) -> int:
     return fleet.run(args.inventory, args.bundle, limit=args.limit, forks=args.forks)
 
 
-_COMMANDS = {"build": _build, "demo": _demo, "model": _model, "wheelhouse": _wheelhouse, "push": _push,
+_COMMANDS = {"build": _build, "demo": _demo, "model": _model, "eval": _eval, "wheelhouse": _wheelhouse, "push": _push,
              "fleet": _fleet}
