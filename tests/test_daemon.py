@@ -16,13 +16,9 @@ import urllib.request
 
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import REPO, free_port as _free_port, run_cli
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Notifications:

@@ -24,7 +24,7 @@ from device.ingest import DeltaLayer, FolderWatcher, IngestRefused, IngestStore,
 from device.search import Filters, Searcher
 from device.web import create_app
 from provisioning import demo
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, free_port as _free_port
 
 
 def photo_bytes(name: str = "coffee.png", variant: int = 0, fmt: str = "JPEG") -> bytes:
@@ -235,12 +235,6 @@ def test_add_page_and_ingest_off_with_an_explicit_bundle(data_dir, bundle_dir):
 
 # --- the daemon as a process: ingest CLI, and kill -9 many times -------------------------
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _start(data_dir, port):

@@ -5,19 +5,14 @@ from __future__ import annotations
 import json
 import re
 import signal
-import socket
 import subprocess
 import sys
 import urllib.error
 import urllib.request
 
-from conftest import REPO
+from conftest import REPO, free_port as _free_port
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_serve_answers_then_stops_cleanly_on_sigterm(bundle_dir):
