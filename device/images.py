@@ -176,3 +176,12 @@ def thumbnail(image: Image.Image, max_side: int) -> Image.Image:
     thumb = image.copy()
     thumb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS, reducing_gap=2.0)
     return thumb
+
+
+def rendition(image: Image.Image, max_side: int, fmt: str = "JPEG") -> bytes:
+    """A thumbnail or preview of ``image`` encoded as ``fmt`` (Pillow's name, e.g. ``JPEG``, ``WEBP``)."""
+    import io
+
+    buffer = io.BytesIO()
+    thumbnail(image, max_side).save(buffer, fmt, quality=85)
+    return buffer.getvalue()

@@ -395,20 +395,13 @@ class Ingestor:
             self._on_ready()
             return False
         vector = encoder.embed_image(photo.image)
-        thumb = _jpeg(photo.image, self.thumb_size)
-        preview = _jpeg(photo.image, self.preview_size) if self.preview_size else None
+        thumb = images.rendition(photo.image, self.thumb_size)
+        preview = images.rendition(photo.image, self.preview_size) if self.preview_size else None
         self.store.mark_ready(ident, encoder.spec.full_id, vector, photo, thumb, preview)
         self.processed += 1
         self._on_ready()
         return True
 
-
-def _jpeg(image, max_side: int) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    images.thumbnail(image, max_side).save(buffer, "JPEG", quality=85)
-    return buffer.getvalue()
 
 
 class FolderWatcher:

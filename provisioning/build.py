@@ -9,7 +9,6 @@ not usable photos are skipped and listed in ``report.json``, never fatal.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import multiprocessing
 import os
@@ -115,15 +114,9 @@ def _process(job: tuple[str, int, int, str]):
     except ImageUnreadable as exc:
         return str(exc)
     vector = _worker_encoder.embed_image(photo.image)
-    return _Processed(vector, _encode(photo.image, thumb_size, thumb_format),
-                      _encode(photo.image, preview_size, thumb_format) if preview_size else None,
+    return _Processed(vector, images.rendition(photo.image, thumb_size, THUMB_FORMATS[thumb_format][0]),
+                      images.rendition(photo.image, preview_size, THUMB_FORMATS[thumb_format][0]) if preview_size else None,
                       photo.width, photo.height, photo.taken)
-
-
-def _encode(image, max_side: int, fmt: str) -> bytes:
-    buffer = io.BytesIO()
-    images.thumbnail(image, max_side).save(buffer, THUMB_FORMATS[fmt][0], quality=85)
-    return buffer.getvalue()
 
 
 def walk(root: Path) -> tuple[list[Path], list[Path]]:
