@@ -208,7 +208,7 @@ class Searcher:
             ItemNotFound: an ``@ID`` term names no photo.
         """
         query = check_query(query, self.options.max_query_chars)
-        k, offset = _check_page(k, offset)
+        k, offset = check_page(k, offset)
         return self.search_vector(self.embed_query(query), k, offset, filters)
 
     def embed_query(self, query: str) -> np.ndarray:
@@ -241,7 +241,7 @@ class Searcher:
             QueryInvalid: bad ``k``/``offset``.
         """
         vector = self.embedding_of(item_id)
-        k, offset = _check_page(k, offset)
+        k, offset = check_page(k, offset)
         return self.search_vector(vector, k, offset, filters, exclude=item_id)
 
     def search_vector(self, vector, k: int = 5, offset: int = 0, filters: Filters = NO_FILTERS,
@@ -331,13 +331,18 @@ class Searcher:
         self.close()
 
 
-def _check_page(k, offset) -> tuple[int, int]:
+def check_page(k, offset, max_k: int = MAX_K) -> tuple[int, int]:
+    """``k`` and ``offset`` as whole numbers in range (1..``max_k``, 0..100000).
+
+    Raises:
+        QueryInvalid: saying which is wrong.
+    """
     try:
         k, offset = int(k), int(offset)
     except (TypeError, ValueError):
         raise QueryInvalid("k and offset must be whole numbers") from None
-    if not 1 <= k <= MAX_K:
-        raise QueryInvalid(f"k must be between 1 and {MAX_K}")
+    if not 1 <= k <= max_k:
+        raise QueryInvalid(f"k must be between 1 and {max_k}")
     if not 0 <= offset <= 100_000:
         raise QueryInvalid("offset must be between 0 and 100000")
     return k, offset

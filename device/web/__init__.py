@@ -24,7 +24,7 @@ from werkzeug.exceptions import HTTPException
 
 from device import __version__
 from device.errors import BundleInvalid, GlimpseError, ItemNotFound, QueryInvalid
-from device.search import Filters
+from device.search import Filters, check_page
 
 log = logging.getLogger("glimpse.web")
 
@@ -247,15 +247,7 @@ def create_app(daemon) -> Flask:
     # --- JSON API (docs/openapi.json) -------------------------------------------------
 
     def _api_page() -> tuple[int, int]:
-        k = request.args.get("k", "10")
-        offset = request.args.get("offset", "0")
-        try:
-            k, offset = int(k), int(offset)
-        except ValueError:
-            raise QueryInvalid("k and offset must be whole numbers") from None
-        if not 1 <= k <= API_MAX_K:
-            raise QueryInvalid(f"k must be between 1 and {API_MAX_K}")
-        return k, offset
+        return check_page(request.args.get("k", "10"), request.args.get("offset", "0"), max_k=API_MAX_K)
 
     @app.get("/api/search")
     def api_search():
