@@ -10,7 +10,8 @@
                       [--install [--wheelhouse DIR]]   send, verify, switch, check, or roll back
     glimpse-provision fleet --inventory FILE --bundle DIR   push to every host (ansible-playbook)
     glimpse-provision export-tasklib --bundle DIR --out FILE.tflite [--index exact|partitioned]
-                      [--leaves N] [--search-fraction F] [--force]   a TFLite Task Library TextSearcher model
+                      [--leaves N] [--search-fraction F] [--quantize] [--force]
+                      the bundle as a TFLite Task Library TextSearcher model (needs PyTorch)
 
 Errors print ``glimpse-provision: error: ...`` and exit 2; ``--debug`` shows tracebacks.
 """
@@ -93,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
                          help="k-means leaves of a partitioned index (default: square root of the photo count)")
     tasklib.add_argument("--search-fraction", type=float, default=0.25,
                          help="share of leaves a query scans in a partitioned index (default 0.25)")
+    tasklib.add_argument("--quantize", action="store_true",
+                         help="store each photo as uint8 codes (ScaNN asymmetric hashing, one dimension per "
+                              "block): a quarter of the index size, approximate scores (default: float32, exact)")
     tasklib.add_argument("--force", action="store_true", help="replace the output file if it exists")
     return parser
 
@@ -269,7 +273,8 @@ def _export_tasklib(args) -> int:
         raise GlimpseError("--leaves must be 0 (automatic) or more")
     if not 0 < args.search_fraction <= 1:
         raise GlimpseError("--search-fraction must be above 0 and at most 1")
-    layout = IndexLayout(kind=args.index, leaves=args.leaves, search_fraction=args.search_fraction)
+    layout = IndexLayout(kind=args.index, leaves=args.leaves, search_fraction=args.search_fraction,
+                         quantized=args.quantize)
     report = tasklib.export(tasklib.ExportOptions(bundle=args.bundle, out=args.out, layout=layout,
                                                   force=args.force))
     print(f"wrote {report['out']}: {report['items']} photos, {report['bytes']} bytes, "

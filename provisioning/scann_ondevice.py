@@ -6,20 +6,26 @@ tflite-support's ``scann_ondevice`` stores an index as one LevelDB table
 * ``INDEX_CONFIG``: an ``IndexConfig`` protobuf (``scann_ondevice/proto/index_config.proto``):
   the ``ScannOnDeviceConfig`` (distance, partitioner), the embedding type and
   dimension, and where each partition's items start in the global numbering;
-* ``E_<p>``: partition p's embeddings, float32 little-endian, one item after another;
+* ``E_<p>``: partition p's embeddings, one item after another: float32
+  little-endian, or one uint8 code per dimension when hashed;
 * ``M_<i>``: item i's metadata string, items numbered partition by partition;
 * ``USER_INFO``: free text.
 
-Two layouts are written, both float32 (no quantisation) and scored by dot
-product, which for Glimpse's unit vectors is the cosine the device reports:
+Items are scored by dot product, which for Glimpse's unit vectors is the
+cosine the device reports. Two layouts:
 
 * ``exact``: one partition, no partitioner; every query scans every item.
 * ``partitioned``: ScaNN's k-means tree of one level: spherical k-means leaves
   (sqrt(N) of them by default, as Model Maker's searcher does), each item in its
   nearest leaf; a query scans the ``search_fraction`` of leaves nearest to it.
 
-ScaNN's asymmetric hashing (uint8 codes) is not written: at the sizes a Task
-Library model is shipped with, float32 keeps scores exact.
+and, with either, the vectors stored as float32 (exact scores) or hashed:
+ScaNN's asymmetric hashing as the seed's searcher uses it, one dimension per
+block, each dimension's values replaced by the nearest of (up to) 256 levels
+found by 1-D k-means, so an item costs one byte per dimension and a query adds
+up looked-up products of its float values with the levels (asymmetric: the
+query is not quantised). The levels minimise the reconstruction error; ScaNN's
+anisotropic (score-aware) loss is not applied.
 
 The protobuf messages are declared here from the ``.proto`` files' field
 numbers and built with the ``protobuf`` package's descriptor pool; no
@@ -40,23 +46,27 @@ LAYOUTS = ("exact", "partitioned")
 _CORE = "tflite.scann_ondevice.core"
 _INDEX = "tflite.scann_ondevice"
 DOT_PRODUCT = 1  # core.DistanceMeasure
-FLOAT = 1  # IndexConfig.Type
+FLOAT, UINT8 = 1, 2  # IndexConfig.Type
+#: Codebook size of a hashed index: one byte per code.
+HASH_CODES = 256
 
 
 @dataclasses.dataclass(frozen=True)
 class IndexLayout:
-    """How the index is partitioned.
+    """How the index is partitioned and stored.
 
     Attributes:
         kind: ``exact`` or ``partitioned``.
         leaves: number of k-means leaves (partitioned only; 0: sqrt(items), rounded).
         search_fraction: share of leaves a query scans (partitioned only), 0 < f <= 1.
+        quantized: store uint8 codes (asymmetric hashing) instead of float32 vectors.
         seed: k-means seed, so a rebuild writes the same file.
     """
 
     kind: str = "exact"
     leaves: int = 0
     search_fraction: float = 1.0
+    quantized: bool = False
     seed: int = 0
 
     def __post_init__(self):
@@ -105,9 +115,25 @@ def _message_classes() -> dict:
     partitioner.nested_type.append(
         message("Leaf", ("dimension", 1, rep, F.TYPE_FLOAT, None, True, None)))
     core.message_type.append(partitioner)
+    hashing = message(
+        "AsymmetricHashingProto",
+        ("subspace", 1, rep, F.TYPE_MESSAGE, f".{_CORE}.AsymmetricHashingProto.SubspaceCodebook", False, None),
+        ("query_distance", 2, opt, F.TYPE_ENUM, f".{_CORE}.DistanceMeasure", False, "SQUARED_L2_DISTANCE"),
+        ("lookup_type", 3, opt, F.TYPE_ENUM, f".{_CORE}.AsymmetricHashingProto.LookupType", False, "FLOAT"),
+        enums=[("LookupType", [("FLOAT", 0), ("INT16", 1), ("INT8", 2), ("INT8_LUT16", 3)])])
+    hashing.nested_type.append(message("CodebookEntry", ("dimension", 1, rep, F.TYPE_FLOAT, None, True, None)))
+    hashing.nested_type.append(message(
+        "SubspaceCodebook",
+        ("entry", 1, rep, F.TYPE_MESSAGE, f".{_CORE}.AsymmetricHashingProto.CodebookEntry", False, None)))
+    core.message_type.append(hashing)
+    # In the .proto, asymmetric_hashing is the one member of a oneof: the same on the wire.
+    core.message_type.append(message(
+        "IndexerProto",
+        ("asymmetric_hashing", 1, opt, F.TYPE_MESSAGE, f".{_CORE}.AsymmetricHashingProto", False, None)))
     core.message_type.append(message(
         "ScannOnDeviceConfig",
         ("query_distance", 1, opt, F.TYPE_ENUM, f".{_CORE}.DistanceMeasure", False, "UNSPECIFIED"),
+        ("indexer", 2, opt, F.TYPE_MESSAGE, f".{_CORE}.IndexerProto", False, None),
         ("partitioner", 3, opt, F.TYPE_MESSAGE, f".{_CORE}.PartitionerProto", False, None)))
     index = descriptor_pb2.FileDescriptorProto(
         name="tensorflow_lite_support/scann_ondevice/proto/index_config.proto",
@@ -145,6 +171,36 @@ def kmeans_leaves(embeddings: np.ndarray, leaves: int, seed: int = 0, iterations
     return centroids
 
 
+def hash_levels(embeddings: np.ndarray, codes: int = HASH_CODES, iterations: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """Asymmetric hashing with one dimension per block: per dimension, ``codes``
+    levels by 1-D k-means (Lloyd, started at the quantiles), and each value's level.
+
+    Returns:
+        (levels, assigned): levels (codes, dim) float32, sorted per dimension;
+        assigned (N, dim) uint8, the index of each value's nearest level.
+    """
+    data = np.asarray(embeddings, dtype=np.float32)
+    count, dim = data.shape
+    codes = min(codes, count)
+    levels = np.quantile(data, (np.arange(codes) + 0.5) / codes, axis=0).astype(np.float32)
+    assigned = np.zeros((count, dim), dtype=np.uint8)
+    for column in range(dim):
+        values, centre = data[:, column], levels[:, column]
+        for _ in range(iterations):
+            centre = np.sort(centre)
+            nearest = np.searchsorted((centre[1:] + centre[:-1]) / 2, values)
+            totals = np.bincount(nearest, weights=values, minlength=codes)
+            sizes = np.bincount(nearest, minlength=codes)
+            updated = np.where(sizes > 0, totals / np.maximum(sizes, 1), centre)  # an empty level stays
+            if np.allclose(updated, centre):
+                break
+            centre = updated.astype(np.float32)
+        centre = np.sort(centre)
+        levels[:, column] = centre
+        assigned[:, column] = np.searchsorted((centre[1:] + centre[:-1]) / 2, values)
+    return levels, assigned
+
+
 @dataclasses.dataclass(frozen=True)
 class ScannIndex:
     """A built index: the table's bytes and what went into it.
@@ -173,11 +229,13 @@ class ScannIndex:
         return min(math.ceil(leaves * self.layout.search_fraction), leaves)
 
     def describe(self) -> str:
-        """One line for a person: layout, leaves, scanned share."""
+        """One line for a person: layout, leaves, scanned share, how vectors are stored."""
+        stored = ("uint8 codes (asymmetric hashing, 1 dimension per block)" if self.layout.quantized
+                  else "float32 vectors")
         if self.layout.kind == "exact":
-            return f"exact (one partition of {self.items} float32 vectors, dot product)"
+            return f"exact (one partition of {self.items} {stored}, dot product)"
         return (f"partitioned ({len(self.partition_sizes)} k-means leaves, {self.leaves_searched} searched "
-                f"per query, float32 vectors, dot product)")
+                f"per query, {stored}, dot product)")
 
 
 def build_index(embeddings: np.ndarray, metadata: list[str], layout: IndexLayout = IndexLayout(),
@@ -185,7 +243,7 @@ def build_index(embeddings: np.ndarray, metadata: list[str], layout: IndexLayout
     """Build a ScaNN on-device index over unit-length ``embeddings``.
 
     Args:
-        embeddings: (N, dim) float32, one row per item.
+        embeddings: (N, dim) float32, unit rows, one per item.
         metadata: N strings, what a search returns for each item.
         layout: exact or partitioned.
         userinfo: free text stored under ``USER_INFO``.
@@ -200,9 +258,21 @@ def build_index(embeddings: np.ndarray, metadata: list[str], layout: IndexLayout
         raise ValueError(f"{len(embeddings)} embeddings but {len(metadata)} metadata strings")
     classes = _message_classes()
     config = classes[f"{_INDEX}.IndexConfig"]()
-    config.embedding_type = FLOAT
+    # Hashed, the "dimension" is the number of codes per item: one per dimension here.
     config.embedding_dim = embeddings.shape[1]
     scann = config.scann_config
+    stored = embeddings
+    if layout.quantized:
+        config.embedding_type = UINT8
+        levels, stored = hash_levels(embeddings)
+        hashing = scann.indexer.asymmetric_hashing
+        hashing.query_distance = DOT_PRODUCT
+        for column in levels.T:
+            subspace = hashing.subspace.add()
+            for level in column:
+                subspace.entry.add().dimension.append(float(level))
+    else:
+        config.embedding_type = FLOAT
     if layout.kind == "exact":
         scann.query_distance = DOT_PRODUCT
         assignment = np.zeros(len(embeddings), dtype=np.int64)
@@ -221,7 +291,7 @@ def build_index(embeddings: np.ndarray, metadata: list[str], layout: IndexLayout
     for leaf in range(leaves):
         rows = np.flatnonzero(assignment == leaf)  # stable: items keep the bundle's order
         config.global_partition_offsets.append(numbered)
-        entries[f"E_{leaf}".encode()] = embeddings[rows].tobytes()
+        entries[f"E_{leaf}".encode()] = stored[rows].tobytes()
         for row in rows:
             entries[f"M_{numbered}".encode()] = metadata[row].encode("utf-8")
             numbered += 1

@@ -12,6 +12,7 @@ Requests:
     {"do": "reference_index", "embeddings": NPY, "metadata": [...], "scann_config": HEX,
      "assignment": [...], "userinfo": str, "out": PATH}
         -> {"bytes": N}; tflite-support's own index builder writes the index to PATH
+        (NPY: float32 vectors, or uint8 codes of a quantized index)
 """
 
 import json
@@ -45,11 +46,14 @@ def reference_index(request):
     import numpy as np
     from tensorflow_lite_support.scann_ondevice.cc.python import index_builder
 
-    embeddings = np.load(request["embeddings"]).astype(np.float32)
+    # Arrays, not lists: the builder keeps a view of them (a list's temporary copy is gone by then).
+    vectors = np.load(request["embeddings"])
+    database = ({"hashed_database": vectors.astype(np.uint8).reshape(-1)} if vectors.dtype == np.uint8
+                else {"float_database": vectors.astype(np.float32).reshape(-1)})
     data = index_builder.create_serialized_index_file(
-        embedding_dim=embeddings.shape[1], serialized_config=bytes.fromhex(request["scann_config"]),
+        embedding_dim=vectors.shape[1], serialized_config=bytes.fromhex(request["scann_config"]),
         userinfo=request["userinfo"], partition_assignment=request["assignment"],
-        metadata=request["metadata"], compression=False, float_database=embeddings.reshape(-1))
+        metadata=request["metadata"], compression=False, **database)
     with open(request["out"], "wb") as handle:
         handle.write(data)
     return {"bytes": len(data)}

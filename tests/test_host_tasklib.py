@@ -5,7 +5,8 @@ Conformance: the exported file is loaded by tflite-support 0.4.4's own
 < 4; tests/tasklib_probe.py runs there) and must return, for each query, the
 same top 5 photos as Glimpse's runtime over the same bundle, with close
 scores. Its metadata is read back with tflite-support's ``MetadataDisplayer``,
-and its index is compared byte for byte with tflite-support's index builder.
+and its index (float32 or quantized) is compared byte for byte with
+tflite-support's index builder.
 The text tower is converted once, by the real CLI, for the whole module.
 """
 
@@ -26,7 +27,7 @@ from device.errors import ModelUnsupported
 from device.model import sha256_file
 from device.search import Searcher
 from provisioning import tasklib, tflite_metadata
-from provisioning.scann_ondevice import IndexLayout, build_index
+from provisioning.scann_ondevice import IndexLayout, build_index, hash_levels
 
 pytestmark = pytest.mark.host
 
@@ -144,13 +145,42 @@ def test_partitioned_index_searched_by_the_task_library(exported, demo_bundle, g
         assert {n["metadata"] for n in found} in leaves, query
 
 
-def test_index_is_byte_identical_to_tflite_supports_builder(demo_bundle, tmp_path):
+def test_quantized_index_scores_as_the_exact_one(exported, demo_bundle, tmp_path):
+    exact = probe(do="search", model=str(exported[0]), queries=QUERIES, max_results=16)["results"]
+    for layout in (IndexLayout(quantized=True),
+                   IndexLayout("partitioned", leaves=4, search_fraction=1.0, quantized=True)):
+        model = tmp_path / "quantized.tflite"
+        index = reindexed(exported[0], demo_bundle, layout, model)
+        assert "uint8 codes (asymmetric hashing, 1 dimension per block)" in index.describe()
+        hashed = probe(do="search", model=str(model), queries=QUERIES, max_results=16)["results"]
+        for query, ours, theirs in zip(QUERIES, exact, hashed):
+            distances = {n["metadata"]: n["distance"] for n in theirs}
+            assert len(distances) == 16, query
+            # Measured: 0.0034 at most here; 0.009 on random 384-d unit vectors.
+            assert all(abs(distances[n["metadata"]] - n["distance"]) < 0.01 for n in ours), query
+
+
+def test_hash_levels_keep_scores_close():
+    rng = np.random.default_rng(7)
+    vectors = rng.normal(size=(2000, 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = vectors[:50] + 0.1 * rng.normal(size=(50, 384)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    levels, codes = hash_levels(vectors)
+    assert levels.shape == (256, 384) and codes.dtype == np.uint8
+    rebuilt = np.take_along_axis(levels, codes.astype(np.int64), axis=0)
+    assert np.abs(queries @ vectors.T - queries @ rebuilt.T).max() < 0.02
+
+
+@pytest.mark.parametrize("quantized", [False, True], ids=["float32", "quantized"])
+def test_index_is_byte_identical_to_tflite_supports_builder(demo_bundle, tmp_path, quantized):
     bundle = Bundle.open(demo_bundle)
     embeddings = np.asarray(bundle.embeddings)
-    np.save(tmp_path / "embeddings.npy", embeddings)
     metadata = [item.path for item in bundle.items]
-    index = build_index(embeddings, metadata, IndexLayout("partitioned", search_fraction=0.5), userinfo="glimpse")
-    probe(do="reference_index", embeddings=str(tmp_path / "embeddings.npy"), metadata=metadata,
+    layout = IndexLayout("partitioned", search_fraction=0.5, quantized=quantized)
+    index = build_index(embeddings, metadata, layout, userinfo="glimpse")
+    np.save(tmp_path / "vectors.npy", hash_levels(embeddings)[1] if quantized else embeddings)
+    probe(do="reference_index", embeddings=str(tmp_path / "vectors.npy"), metadata=metadata,
           scann_config=index.scann_config.hex(), assignment=list(index.assignment), userinfo="glimpse",
           out=str(tmp_path / "reference.ldb"))
     assert (tmp_path / "reference.ldb").read_bytes() == index.data
