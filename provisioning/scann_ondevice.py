@@ -65,7 +65,7 @@ class IndexLayout:
 
     kind: str = "exact"
     leaves: int = 0
-    search_fraction: float = 1.0
+    search_fraction: float = 0.25
     quantized: bool = False
     seed: int = 0
 

@@ -74,11 +74,15 @@ class ModelInfo:
 
 
 class _Table:
-    """A flatbuffer table to write: {slot: value}; slots are field positions in
-    the schema, counting a union as two (its type, then its value)."""
+    """A flatbuffer table to write, as {slot: value}.
 
-    def __init__(self, **slots):
-        self.slots = {int(k[1:]): v for k, v in slots.items() if v is not None and v != []}
+    Slots are the fields' positions in the schema, a union counting as two (its
+    type, then its value). Values: str, :class:`_Byte`, :class:`_Table`, or a list
+    of tables or of strings; None and empty lists are left out (absent fields).
+    """
+
+    def __init__(self, slots: dict | None = None):
+        self.slots = {k: v for k, v in (slots or {}).items() if v is not None and v != []}
 
 
 class _Byte(int):
@@ -103,22 +107,24 @@ def _write(builder, table: _Table) -> int:
     for slot, value in table.slots.items():
         if slot in offsets:
             builder.PrependUOffsetTRelativeSlot(slot, offsets[slot], 0)
+        elif isinstance(value, _Byte):
+            builder.PrependUint8Slot(slot, int(value), 0)
         else:
-            builder.PrependUint8Slot(slot, int(_Byte(value)), 0)
+            raise TypeError(f"slot {slot}: cannot write {value!r}")
     return builder.EndObject()
 
 
 def _file(f: AssociatedFile) -> _Table:
     # AssociatedFile: name, description, type, locale, version
-    return _Table(s0=f.name, s1=f.description, s2=_Byte(f.type))
+    return _Table({0: f.name, 1: f.description, 2: _Byte(f.type)})
 
 
 def _tensor(t: TensorInfo) -> _Table:
     # TensorMetadata: name, description, dimension_names, content, process_units, stats,
     # associated_files. Content: content_properties (type, value), range.
-    content = _Table(s0=_Byte(FEATURE_PROPERTIES), s1=_Table())
-    return _Table(s0=t.name, s1=t.description, s3=content,
-                  s6=[_file(f) for f in t.associated_files])
+    content = _Table({0: _Byte(FEATURE_PROPERTIES), 1: _Table()})
+    return _Table({0: t.name, 1: t.description, 3: content,
+                   6: [_file(f) for f in t.associated_files]})
 
 
 def metadata_buffer(info: ModelInfo) -> bytes:
@@ -128,16 +134,16 @@ def metadata_buffer(info: ModelInfo) -> bytes:
     process_units = []
     if info.bert_vocab is not None:
         # ProcessUnit: options (type, value); BertTokenizerOptions: vocab_file.
-        process_units.append(_Table(s0=_Byte(BERT_TOKENIZER_OPTIONS),
-                                    s1=_Table(s0=[_file(info.bert_vocab)])))
+        process_units.append(_Table({0: _Byte(BERT_TOKENIZER_OPTIONS),
+                                     1: _Table({0: [_file(info.bert_vocab)]})}))
     # SubGraphMetadata: name, description, input_tensor_metadata, output_tensor_metadata,
     # associated_files, input_process_units, ...
-    subgraph = _Table(s2=[_tensor(t) for t in info.inputs], s3=[_tensor(t) for t in info.outputs],
-                      s5=process_units)
+    subgraph = _Table({2: [_tensor(t) for t in info.inputs], 3: [_tensor(t) for t in info.outputs],
+                       5: process_units})
     # ModelMetadata: name, description, version, subgraph_metadata, author, license,
     # associated_files, min_parser_version.
-    root = _Table(s0=info.name, s1=info.description, s2=info.version, s3=[subgraph],
-                  s4=info.author, s5=info.license, s7=MIN_PARSER_VERSION)
+    root = _Table({0: info.name, 1: info.description, 2: info.version, 3: [subgraph],
+                   4: info.author, 5: info.license, 7: MIN_PARSER_VERSION})
     builder = flatbuffers.Builder(1024)
     builder.Finish(_write(builder, root), METADATA_IDENTIFIER)
     return bytes(builder.Output())
