@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import struct
 
-import google_crc32c
-
 #: LevelDB's defaults (``leveldb::Options``).
 BLOCK_SIZE = 4096
 RESTART_INTERVAL = 16
@@ -44,6 +42,8 @@ def masked_crc32c(data: bytes) -> int:
     The mask keeps a CRC of bytes that themselves contain CRCs from being a
     fixed point; readers unmask before comparing.
     """
+    import google_crc32c  # the host extra's; imported here so the CLI loads without it
+
     crc = google_crc32c.value(data)
     return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + _CRC_MASK_DELTA) & 0xFFFFFFFF
 

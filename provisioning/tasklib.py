@@ -69,6 +69,32 @@ class ExportOptions:
     force: bool = False
 
 
+#: What the export imports (the host extra): module name to the package that provides it.
+HOST_MODULES = {"torch": "torch", "litert_torch": "litert-torch", "transformers": "transformers",
+                "ai_edge_litert": "ai-edge-litert", "flatbuffers": "flatbuffers",
+                "google_crc32c": "google-crc32c", "google.protobuf": "protobuf"}
+
+
+def require_host_packages() -> None:
+    """Check that the host extra is installed, before any work is done.
+
+    Raises:
+        GlimpseError: naming the missing packages and how to install them.
+    """
+    import importlib.util
+
+    def missing(module):
+        try:
+            return importlib.util.find_spec(module) is None
+        except ModuleNotFoundError:  # a dotted name whose parent is absent
+            return True
+
+    absent = [package for module, package in HOST_MODULES.items() if missing(module)]
+    if absent:
+        raise GlimpseError(f"export-tasklib needs the host extra (missing: {', '.join(absent)}): "
+                           f"pip install 'glimpse[host]'")
+
+
 def _torch_towers() -> dict:
     """Model ids whose text tower provisioning can rebuild in PyTorch, and how."""
     from provisioning import default_model
@@ -215,10 +241,11 @@ def export(options: ExportOptions, log=print) -> dict:
     Raises:
         BundleInvalid: the bundle does not open.
         ModelUnsupported: the Task Library cannot run the bundle's model.
-        GlimpseError: ``out`` exists and ``force`` is not set.
+        GlimpseError: the host extra is missing; ``out`` exists and ``force`` is not set.
     """
     from provisioning.default_model import REFERENCE_TEXTS
 
+    require_host_packages()
     out = Path(options.out)
     if out.exists() and not options.force:
         raise GlimpseError(f"{out} exists; pass --force to replace it")

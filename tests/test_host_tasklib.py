@@ -23,7 +23,7 @@ import pytest
 
 from conftest import REPO, run_cli
 from device.bundle import MANIFEST, Bundle
-from device.errors import ModelUnsupported
+from device.errors import GlimpseError, ModelUnsupported
 from device.model import sha256_file
 from device.search import Searcher
 from provisioning import tasklib, tflite_metadata
@@ -240,6 +240,17 @@ def test_refuses_to_overwrite_without_force(exported, demo_bundle):
                    check=False)
     assert proc.returncode == 2
     assert "exists; pass --force to replace it" in proc.stderr
+
+
+def test_says_which_host_packages_are_missing(demo_bundle, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("torch", "google_crc32c") else real(name, *a))
+    with pytest.raises(GlimpseError, match=r"needs the host extra \(missing: torch, google-crc32c\): "
+                                           r"pip install 'glimpse\[host\]'"):
+        tasklib.export(tasklib.ExportOptions(bundle=demo_bundle, out=tmp_path / "x.tflite"))
 
 
 def test_refuses_what_is_not_a_bundle(tmp_path):
