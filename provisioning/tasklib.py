@@ -44,11 +44,12 @@ INPUT_NAMES = ("ids", "mask", "segment_ids")
 #: The searcher's tower is float32 whatever the bundle's is: the Task Library's
 #: TFLite runtime (tflite-support 0.4.4) computes wrong embeddings from
 #: litert-torch's int8 (per-channel dynamic-range) towers: every query ranks the
-#: photos alike. float32 runs there as on LiteRT.
+#: photos alike. float32 runs there as on LiteRT. (int8 weight-only runs right but
+#: swaps near-ties against the bundle's tower; see docs/models.md.)
 TOWER_VARIANT = "float32"
-#: Below this cosine between the re-exported tower and the bundle's (two int8 exports of one
-#: model agree to about 0.998), the tower is not the bundle's model and the export
-#: would not search as the bundle does, and is refused.
+#: Below this cosine between the re-exported tower and the bundle's (the float32
+#: and int8 towers of glimpse-default agree to 0.998), the tower is not the
+#: bundle's model, would not search as the bundle does, and is refused.
 MIN_PARITY = 0.99
 
 
@@ -210,6 +211,9 @@ def model_info(bundle: Bundle, index_description: str) -> tflite_metadata.ModelI
         INDEX_FILE, f"ScaNN on-device index of {len(bundle)} photos ({index_description}); "
                     f"metadata: each photo's path relative to the library root",
         tflite_metadata.SCANN_INDEX_FILE)
+    input_descriptions = (f"WordPiece token ids: [CLS], the query, [SEP], zeros; {tokens} long.",
+                          "1 for each token, 0 for padding.",
+                          "BERT segment (token type) ids; 0 for a single text.")
     return tflite_metadata.ModelInfo(
         name=f"{spec.id} text searcher",
         description=(f"Text-to-image search over the Glimpse bundle {bundle.id}: the {spec.full_id} text "
@@ -218,11 +222,7 @@ def model_info(bundle: Bundle, index_description: str) -> tflite_metadata.ModelI
         version=spec.version,
         author="Glimpse (glimpse-provision export-tasklib)",
         license=str(spec.extra.get("licence", "see the model card")),
-        inputs=(
-            tflite_metadata.TensorInfo("ids", f"WordPiece token ids: [CLS], the query, [SEP], zeros; {tokens} long."),
-            tflite_metadata.TensorInfo("mask", "1 for each token, 0 for padding."),
-            tflite_metadata.TensorInfo("segment_ids", "BERT segment (token type) ids; 0 for a single text."),
-        ),
+        inputs=tuple(map(tflite_metadata.TensorInfo, INPUT_NAMES, input_descriptions)),
         outputs=(tflite_metadata.TensorInfo(
             "embedding", f"L2-normalised query embedding, {spec.dim} float32.", (index,)),),
         bert_vocab=tflite_metadata.AssociatedFile(VOCAB_FILE, "WordPiece vocabulary of the text tower.",
