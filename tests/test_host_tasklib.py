@@ -127,6 +127,14 @@ def test_metadata_as_tflite_support_reads_it(exported):
     assert [(f["name"], f["type"]) for f in output["associated_files"]] == [("index.ldb", "SCANN_INDEX_FILE")]
 
 
+def test_file_is_a_litert_model_and_a_zip(exported, demo_bundle):
+    import zipfile
+
+    assert zipfile.ZipFile(exported[0]).namelist() == ["vocab.txt", "index.ldb"]
+    # LiteRT runs the same file (the zip is past the flatbuffer's end) as the bundle's tower does.
+    assert tasklib.tower_parity(exported[0], Bundle.open(demo_bundle), QUERIES) > 0.99
+
+
 def test_partitioned_index_searched_by_the_task_library(exported, demo_bundle, glimpse_top5, tmp_path):
     # Every leaf searched: the same answers as the exact index.
     full = tmp_path / "all-leaves.tflite"
