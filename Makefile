@@ -9,6 +9,7 @@ PYTHON      ?= python3
 VENV        := .venv
 HOST_VENV   := .venv-host
 BENCH_VENV  := .venv-bench
+TASKLIB_VENV := .venv-tasklib
 ANN_ITEMS   ?= 100000
 ANN_QUERIES ?= 500
 DEMO_BUNDLE := var/demo-bundle
@@ -23,11 +24,13 @@ SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Debian packages the tests use as users have them: headless Chromium and its
 # driver for the browser test, systemd-analyze for the unit file, sshd (with the
-# ssh client) and rsync for the push tests' loopback "device".
+# ssh client) and rsync for the push tests' loopback "device"; libusb, which
+# tflite-support's Task Library libraries link against (export-tasklib conformance test).
 SYSTEM_DEPS := /usr/bin/chromium:chromium /usr/bin/chromedriver:chromium-driver /usr/bin/systemd-analyze:systemd \
-               /usr/sbin/sshd:openssh-server /usr/bin/rsync:rsync
+               /usr/sbin/sshd:openssh-server /usr/bin/rsync:rsync \
+               /usr/lib/$(shell uname -m)-linux-gnu/libusb-1.0.so.0:libusb-1.0-0
 system-deps:
-	@missing=""; for dep in $(SYSTEM_DEPS); do [ -x "$${dep%%:*}" ] || missing="$$missing $${dep##*:}"; done; \
+	@missing=""; for dep in $(SYSTEM_DEPS); do [ -e "$${dep%%:*}" ] || missing="$$missing $${dep##*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "Installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
@@ -66,8 +69,16 @@ test: test-device test-host
 test-device: $(VENV)/.installed-test system-deps
 	$(VENV)/bin/python -m pytest -m "not host and not pi" $(PYTEST_ARGS)
 
+# The TFLite Task Library (tflite-support 0.4.4, CPython 3.11 x86_64 wheels) for the
+# export-tasklib conformance test: it needs protobuf < 4, which the host's toolchain
+# cannot share, hence its own environment; the test runs tests/tasklib_probe.py in it.
+$(TASKLIB_VENV)/.installed:
+	$(PYTHON) -m venv $(TASKLIB_VENV)
+	$(TASKLIB_VENV)/bin/pip install --quiet 'tflite-support==0.4.4' 'protobuf>=3.20,<4'
+	touch $@
+
 # Host tests live in tests/test_host_*.py: the host venv has PyTorch but not the device extras.
-test-host: $(HOST_VENV)/.installed
+test-host: $(HOST_VENV)/.installed $(TASKLIB_VENV)/.installed system-deps
 	$(HOST_VENV)/bin/python -m pytest -m host tests/test_host_*.py $(PYTEST_ARGS)
 
 # Proof that it runs on a Pi, without a Pi: Debian Bookworm and Trixie arm64 root
@@ -101,4 +112,4 @@ bench-ann: $(BENCH_VENV)/.installed
 	$(BENCH_VENV)/bin/python -m bench.ann --items $(ANN_ITEMS) --queries $(ANN_QUERIES)
 
 clean:
-	rm -rf $(VENV) $(HOST_VENV) $(BENCH_VENV) var build *.egg-info
+	rm -rf $(VENV) $(HOST_VENV) $(BENCH_VENV) $(TASKLIB_VENV) var build *.egg-info

@@ -23,6 +23,10 @@ class ModelInvalid(GlimpseError, ValueError):
     """A model directory or ``.tflite`` file cannot be used."""
 
 
+class ModelUnsupported(GlimpseError, ValueError):
+    """A model cannot be used for what was asked (e.g. exported for a runtime that cannot run it)."""
+
+
 class QueryInvalid(GlimpseError, ValueError):
     """A search query is empty, too long, or not text."""
 

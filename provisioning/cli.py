@@ -9,6 +9,9 @@
     glimpse-provision push HOST --bundle DIR [--port 22] [--user U] [--identity KEY] [--keep 3]
                       [--install [--wheelhouse DIR]]   send, verify, switch, check, or roll back
     glimpse-provision fleet --inventory FILE --bundle DIR   push to every host (ansible-playbook)
+    glimpse-provision export-tasklib --bundle DIR --out FILE.tflite [--index exact|partitioned]
+                      [--leaves N] [--search-fraction F] [--quantize] [--force]
+                      the bundle as a TFLite Task Library TextSearcher model (needs PyTorch)
 
 Errors print ``glimpse-provision: error: ...`` and exit 2; ``--debug`` shows tracebacks.
 """
@@ -80,6 +83,21 @@ def _parser() -> argparse.ArgumentParser:
     fleet.add_argument("--bundle", required=True, type=Path, help="bundle directory to send")
     fleet.add_argument("--limit", help="only these hosts (Ansible pattern)")
     fleet.add_argument("--forks", type=int, default=5, help="devices pushed to at once (default 5)")
+    tasklib = commands.add_parser(
+        "export-tasklib", help="write the bundle as a TFLite Task Library TextSearcher model (needs PyTorch)")
+    tasklib.add_argument("--bundle", required=True, type=Path, help="bundle directory to export")
+    tasklib.add_argument("--out", required=True, type=Path, help=".tflite file to write")
+    tasklib.add_argument("--index", choices=["exact", "partitioned"], default="exact",
+                         help="ScaNN index layout: exact (every photo scanned) or partitioned "
+                              "(k-means leaves; default exact)")
+    tasklib.add_argument("--leaves", type=int, default=0,
+                         help="k-means leaves of a partitioned index (default: square root of the photo count)")
+    tasklib.add_argument("--search-fraction", type=float, default=0.25,
+                         help="share of leaves a query scans in a partitioned index (default 0.25)")
+    tasklib.add_argument("--quantize", action="store_true",
+                         help="store each photo as uint8 codes (ScaNN asymmetric hashing, one dimension per "
+                              "block): a quarter of the index size, approximate scores (default: float32, exact)")
+    tasklib.add_argument("--force", action="store_true", help="replace the output file if it exists")
     return parser
 
 
@@ -247,5 +265,22 @@ def _fleet(args) -> int:
     return fleet.run(args.inventory, args.bundle, limit=args.limit, forks=args.forks)
 
 
+def _export_tasklib(args) -> int:
+    from provisioning import tasklib
+    from provisioning.scann_ondevice import IndexLayout
+
+    if args.leaves < 0:
+        raise GlimpseError("--leaves must be 0 (automatic) or more")
+    if not 0 < args.search_fraction <= 1:
+        raise GlimpseError("--search-fraction must be above 0 and at most 1")
+    layout = IndexLayout(kind=args.index, leaves=args.leaves, search_fraction=args.search_fraction,
+                         quantized=args.quantize)
+    report = tasklib.export(tasklib.ExportOptions(bundle=args.bundle, out=args.out, layout=layout,
+                                                  force=args.force))
+    print(f"wrote {report['out']}: {report['items']} photos, {report['bytes']} bytes, "
+          f"model {report['model']} (tower parity {report['parity']}), index {report['index']}")
+    return 0
+
+
 _COMMANDS = {"build": _build, "demo": _demo, "model": _model, "eval": _eval, "wheelhouse": _wheelhouse, "push": _push,
-             "fleet": _fleet}
+             "fleet": _fleet, "export-tasklib": _export_tasklib}
