@@ -8,6 +8,7 @@ not usable photos are skipped and listed in ``report.json``, never fatal.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import multiprocessing
@@ -215,53 +216,63 @@ def build(options: BuildOptions) -> dict:
     if hashes:
         hashes.close()
 
+    try:
+        with staged_directory(out) as work:
+            items, vectors, embedded = _embed_all(unique, model_dir, spec, options, cache, work, skipped)
+            if not items:
+                raise BuildFailed(f"{root}: no usable photo found ({len(skipped)} files skipped)")
+            _copy_model(model_dir, work / bundle_format.MODEL_DIR)
+            embeddings = np.asarray(vectors, dtype=np.float32).reshape(len(items), spec.dim)
+            np.save(work / bundle_format.EMBEDDINGS, embeddings)
+            # A partitioned index is calibrated on the text tower's queries.
+            queries = text_queries(model_dir) if choose_kind(options.index.kind, len(items)) == "ivfpq" else None
+            index = build_index(work, embeddings, options.index, queries=queries)
+            with open(work / bundle_format.ITEMS, "w", encoding="utf-8") as handle:
+                for item in items:
+                    handle.write(json.dumps(item.to_json(), ensure_ascii=False) + "\n")
+            seconds = time.monotonic() - started
+            report = {
+                "library": str(root),
+                "model": spec.full_id,
+                "photos_found": len(photos),
+                "items": len(items),
+                "embedded": embedded,
+                "from_cache": len(items) - embedded,
+                "duplicates": duplicates,
+                "skipped": skipped,
+                "index": index["kind"],
+                "seconds": round(seconds, 2),
+                "photos_per_second": round(len(unique) / seconds, 1) if seconds > 0 else None,
+            }
+            (work / bundle_format.REPORT).write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n",
+                                                     encoding="utf-8")
+            manifest = bundle_format.write_manifest(
+                work, spec, len(items),
+                extra={"index": index,
+                       "builder": {"glimpse": _version(), "thumb_size": options.thumb_size,
+                                   "preview_size": options.preview_size, "originals": options.originals}},
+            )
+            report["bundle_id"] = manifest["bundle_id"]
+    finally:
+        if cache:
+            cache.close()
+    return report
+
+
+@contextlib.contextmanager
+def staged_directory(out: Path):
+    """A new directory beside ``out`` to write into, moved over ``out`` when the
+    block ends without an error and removed otherwise: ``out`` is never half-written."""
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        items, vectors, embedded = _embed_all(unique, model_dir, spec, options, cache, work, skipped)
-        if not items:
-            raise BuildFailed(f"{root}: no usable photo found ({len(skipped)} files skipped)")
-        _copy_model(model_dir, work / bundle_format.MODEL_DIR)
-        embeddings = np.asarray(vectors, dtype=np.float32).reshape(len(items), spec.dim)
-        np.save(work / bundle_format.EMBEDDINGS, embeddings)
-        # A partitioned index is calibrated on the text tower's queries.
-        queries = text_queries(model_dir) if choose_kind(options.index.kind, len(items)) == "ivfpq" else None
-        index = build_index(work, embeddings, options.index, queries=queries)
-        with open(work / bundle_format.ITEMS, "w", encoding="utf-8") as handle:
-            for item in items:
-                handle.write(json.dumps(item.to_json(), ensure_ascii=False) + "\n")
-        seconds = time.monotonic() - started
-        report = {
-            "library": str(root),
-            "model": spec.full_id,
-            "photos_found": len(photos),
-            "items": len(items),
-            "embedded": embedded,
-            "from_cache": len(items) - embedded,
-            "duplicates": duplicates,
-            "skipped": skipped,
-            "index": index["kind"],
-            "seconds": round(seconds, 2),
-            "photos_per_second": round(len(unique) / seconds, 1) if seconds > 0 else None,
-        }
-        (work / bundle_format.REPORT).write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n",
-                                                 encoding="utf-8")
-        manifest = bundle_format.write_manifest(
-            work, spec, len(items),
-            extra={"index": index,
-                   "builder": {"glimpse": _version(), "thumb_size": options.thumb_size,
-                               "preview_size": options.preview_size, "originals": options.originals}},
-        )
-        report["bundle_id"] = manifest["bundle_id"]
+        yield work
         if out.exists():
             shutil.rmtree(out)
         os.replace(work, out)
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
-        if cache:
-            cache.close()
-    return report
 
 
 def _embed_all(unique: dict, model_dir: Path, spec, options: BuildOptions, cache, work: Path, skipped: list):
