@@ -74,7 +74,8 @@ def make_shapes(root: Path, colours: int = 4, shapes: int = 3, backgrounds: int 
 
     Every combination of the first ``colours`` colours, ``shapes`` shapes and
     ``backgrounds`` backgrounds is drawn ``variants`` times (other size and
-    place). Returns the path of ``captions.json``.
+    place). Every fifth photo has ``"split": "val"``, the others ``"train"``.
+    Returns the path of ``captions.json``.
     """
     rng = random.Random(seed)
     (root / "images").mkdir(parents=True, exist_ok=True)
@@ -85,7 +86,8 @@ def make_shapes(root: Path, colours: int = 4, shapes: int = 3, backgrounds: int 
         img, captions = draw_photo(colour, shape, background, rng)
         name = f"{colour}-{shape}-{background}-{variant}.jpg"
         img.save(root / "images" / name, quality=90)
-        doc["images"].append({"id": image_id, "file_name": name, "width": img.width, "height": img.height})
+        doc["images"].append({"id": image_id, "file_name": name, "width": img.width, "height": img.height,
+                              "split": "val" if image_id % 5 == 0 else "train"})
         for caption in captions:
             doc["annotations"].append({"id": len(doc["annotations"]) + 1, "image_id": image_id,
                                        "caption": caption})
