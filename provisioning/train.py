@@ -47,14 +47,17 @@ model directory (both towers ``.tflite``, int8 or float32, the tokenizer,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import io
 import importlib.metadata
 import json
 import math
 import os
 import shutil
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -681,6 +684,13 @@ def _optimizer(heads: DualHeads, options: TrainOptions) -> torch.optim.Optimizer
     return torch.optim.AdamW(groups)
 
 
+def _chatter_away(progress: bool):
+    """Send what the libraries print while loading and converting (weight loading,
+    converter stages) to stderr with the progress lines, or nowhere when quiet:
+    stdout is for the result table."""
+    return contextlib.redirect_stdout(sys.stderr if progress else io.StringIO())
+
+
 def train(options: TrainOptions, on_step=None, log=print) -> TrainResult:
     """Train the projection heads (and any unfrozen blocks) and export the model.
 
@@ -715,7 +725,8 @@ def train(options: TrainOptions, on_step=None, log=print) -> TrainResult:
     log(f"loading the towers (text: all-MiniLM-L6-v2, {options.unfreeze_text} layers unfrozen; "
         f"image: EfficientNet-Lite0, {options.unfreeze_image} blocks unfrozen)")
     torch.manual_seed(options.seed)
-    text, image = TextTower(options.unfreeze_text), ImageTower(options.unfreeze_image)
+    with _chatter_away(options.progress):
+        text, image = TextTower(options.unfreeze_text), ImageTower(options.unfreeze_image)
     heads = DualHeads(text, image, options.dim, options.hidden)
     optimizer = _optimizer(heads, options)
 
@@ -839,8 +850,9 @@ def export(options: TrainOptions, text: TextTower, image: ImageTower, heads: Dua
     with staged_directory(out) as work:
         work.chmod(0o755)  # mkdtemp's 0700 would hide the model from a service user
         text_tower, image_tower = TextExport(text, heads.text_head).eval(), ImageExport(image, heads.image_head).eval()
-        text_file, image_file = default_model.export_towers(text_tower, image_tower, work, options.variant,
-                                                            MAX_TOKENS, IMAGE_SIZE, log)
+        with _chatter_away(options.progress):
+            text_file, image_file = default_model.export_towers(text_tower, image_tower, work, options.variant,
+                                                                MAX_TOKENS, IMAGE_SIZE, log)
         log("checking parity against PyTorch")
         photo_names, photo_inputs = default_model.reference_inputs(IMAGE_SIZE)
         parity = default_model.check_parity(work, text_file, image_file, text_tower, image_tower, text.tokenizer,

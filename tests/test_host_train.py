@@ -94,7 +94,7 @@ def test_training_lowers_the_loss_and_raises_validation_recall(trained):
     assert last["median_rank"] < untrained["median_rank"]
     # The same curve is printed as a table, one row per epoch after the header.
     lines = stdout.splitlines()
-    header = next(n for n, line in enumerate(lines) if line.startswith("epoch "))
+    header = 0  # stdout is the result: the table first, library chatter goes elsewhere
     assert lines[header].split()[:5] == ["epoch", "loss", "R@1", "R@5", "R@10"]
     rows = [line.split() for line in lines[header + 1:header + 2 + EPOCHS]]
     assert [int(row[0]) for row in rows] == list(range(EPOCHS + 1))
@@ -221,6 +221,10 @@ def test_build_and_eval_work_with_the_trained_model(trained, shapes, tmp_path):
     # On photos like its training set the trained model finds far more than the
     # zero-shot default (which knows no colours): R@1 about 0.6 against 0.03.
     assert report["trained"]["R@1"] > report["default"]["R@1"] + 0.3
+    # The device's search finds the photo a caption was written for, from the bundle alone.
+    proc = run_cli("device", "search", "a blue circle on a white background", "--bundle", str(bundle),
+                   "-k", "3", "--json")
+    assert "blue-circle-white-0.jpg" in [hit["path"] for hit in json.loads(proc.stdout)]
 
 
 def test_the_same_seed_gives_the_same_weights_another_seed_others(shapes, cache_dir, tmp_path):
