@@ -600,6 +600,13 @@ def _validate(heads: DualHeads, text: TextTower, image: ImageTower, data: _Split
             "median_rank": float(np.median(rank))}
 
 
+def _history_row(epoch: int, loss: float | None, heads: DualHeads, text: TextTower, image: ImageTower,
+                 val_set: _Split | None) -> dict:
+    """One row of the training history: the epoch's mean loss, validation recall, temperature."""
+    return {"epoch": epoch, "loss": loss, **_validate(heads, text, image, val_set),
+            "temperature": round(math.exp(-heads.logit_scale.item()), 6)}
+
+
 def _epoch_plan(seed: int, epoch: int, data: _Split, batch_size: int) -> list[list[tuple[int, int]]]:
     """The batches of one epoch: (photo, caption) pairs, every photo once, order and captions from (seed, epoch)."""
     rng = np.random.default_rng([seed, epoch])
@@ -691,6 +698,63 @@ def _chatter_away(progress: bool):
     return contextlib.redirect_stdout(sys.stderr if progress else io.StringIO())
 
 
+def _fit(options: TrainOptions, text: TextTower, image: ImageTower, heads: DualHeads, optimizer,
+         train_set: _Split, val_set: _Split | None, checkpoints: Path, start: tuple, on_step) -> None:
+    """The training loop, from ``start`` = (run config, completed epochs, step within the next
+    epoch, its running loss, history so far) to ``options.epochs``; appends to the history.
+
+    Raises:
+        TrainInterrupted: Ctrl-C, after the step in progress and a checkpoint.
+    """
+    config, epoch, step, loss_sum, history = start
+
+    def state_now(epoch_count, step_in_epoch, running):
+        return {"format": CHECKPOINT_FORMAT, "config": config, "epoch": epoch_count, "step": step_in_epoch,
+                "loss_sum": running, "history": history, "heads": heads.state_dict(),
+                "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
+
+    batch_size = min(options.batch_size, train_set.images)
+    steps_per_epoch = len(_epoch_plan(options.seed, 1, train_set, batch_size))
+    total = steps_per_epoch * options.epochs
+    progress = Progress(total, options.progress, already=min(epoch * steps_per_epoch + step, total),
+                        label="training", already_from="the checkpoint")
+    with _StopRequest() as stop:
+        while epoch < options.epochs:
+            current = epoch + 1
+            plans = _epoch_plan(options.seed, current, train_set, batch_size)
+            while step < len(plans):
+                batch = plans[step]
+                photos = [train_set.image_features[i] for i, _ in batch]
+                captions = [train_set.caption_features[c] for _, c in batch]
+                loss = contrastive_loss(heads.text_head(text.trained(captions)),
+                                        heads.image_head(image.trained(photos)), heads.logit_scale)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                with torch.no_grad():
+                    heads.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+                loss_sum += loss.item()
+                step += 1
+                progress.update(epoch * steps_per_epoch + step,
+                                note=f"epoch {current}/{options.epochs}, step {step}/{len(plans)}, "
+                                     f"loss {loss_sum / step:.4f}")
+                if on_step:
+                    on_step(current, step - 1)
+                if stop.requested and step < len(plans):
+                    path = _save_checkpoint(checkpoints, state_now(epoch, step, loss_sum), epoch_done=False)
+                    progress.update(epoch * steps_per_epoch + step, final=True)
+                    raise TrainInterrupted(f"interrupted at epoch {current}, step {step}; checkpoint {path}: "
+                                           "run the same command with --resume to continue")
+            history.append(_history_row(current, round(loss_sum / len(plans), 6), heads, text, image, val_set))
+            epoch, step, loss_sum = current, 0, 0.0
+            path = _save_checkpoint(checkpoints, state_now(epoch, 0, 0.0), epoch_done=True)
+            if stop.requested and epoch < options.epochs:
+                progress.update(epoch * steps_per_epoch, final=True)
+                raise TrainInterrupted(f"interrupted after epoch {epoch}; checkpoint {path}: "
+                                       "run the same command with --resume to continue")
+    progress.update(total, final=True)
+
+
 def train(options: TrainOptions, on_step=None, log=print) -> TrainResult:
     """Train the projection heads (and any unfrozen blocks) and export the model.
 
@@ -762,56 +826,10 @@ def train(options: TrainOptions, on_step=None, log=print) -> TrainResult:
         for old in [*checkpoints.glob("epoch-*.pt"), checkpoints / LAST_CHECKPOINT]:
             old.unlink(missing_ok=True)
         epoch, step, loss_sum = 0, 0, 0.0
-        history = [{"epoch": 0, "loss": None, **_validate(heads, text, image, val_set),
-                    "temperature": round(math.exp(-heads.logit_scale.item()), 6)}]
+        history = [_history_row(0, None, heads, text, image, val_set)]
 
-    def state_now(epoch_count, step_in_epoch, running):
-        return {"format": CHECKPOINT_FORMAT, "config": config, "epoch": epoch_count, "step": step_in_epoch,
-                "loss_sum": running, "history": history, "heads": heads.state_dict(),
-                "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
-
-    batch_size = min(options.batch_size, train_set.images)
-    steps_per_epoch = len(_epoch_plan(options.seed, 1, train_set, batch_size))
-    total = steps_per_epoch * options.epochs
-    progress = Progress(total, options.progress, already=min(epoch * steps_per_epoch + step, total),
-                        label="training", already_from="the checkpoint")
-    with _StopRequest() as stop:
-        while epoch < options.epochs:
-            current = epoch + 1
-            plans = _epoch_plan(options.seed, current, train_set, batch_size)
-            while step < len(plans):
-                batch = plans[step]
-                photos = [train_set.image_features[i] for i, _ in batch]
-                captions = [train_set.caption_features[c] for _, c in batch]
-                loss = contrastive_loss(heads.text_head(text.trained(captions)),
-                                        heads.image_head(image.trained(photos)), heads.logit_scale)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                with torch.no_grad():
-                    heads.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-                loss_sum += loss.item()
-                step += 1
-                progress.update(epoch * steps_per_epoch + step,
-                                note=f"epoch {current}/{options.epochs}, step {step}/{len(plans)}, "
-                                     f"loss {loss_sum / step:.4f}")
-                if on_step:
-                    on_step(current, step - 1)
-                if stop.requested and step < len(plans):
-                    path = _save_checkpoint(checkpoints, state_now(epoch, step, loss_sum), epoch_done=False)
-                    progress.update(epoch * steps_per_epoch + step, final=True)
-                    raise TrainInterrupted(f"interrupted at epoch {current}, step {step}; checkpoint {path}: "
-                                           "run the same command with --resume to continue")
-            history.append({"epoch": current, "loss": round(loss_sum / len(plans), 6),
-                            **_validate(heads, text, image, val_set),
-                            "temperature": round(math.exp(-heads.logit_scale.item()), 6)})
-            epoch, step, loss_sum = current, 0, 0.0
-            path = _save_checkpoint(checkpoints, state_now(epoch, 0, 0.0), epoch_done=True)
-            if stop.requested and epoch < options.epochs:
-                progress.update(epoch * steps_per_epoch, final=True)
-                raise TrainInterrupted(f"interrupted after epoch {epoch}; checkpoint {path}: "
-                                       "run the same command with --resume to continue")
-    progress.update(total, final=True)
+    _fit(options, text, image, heads, optimizer, train_set, val_set, checkpoints,
+         (config, epoch, step, loss_sum, history), on_step)
 
     data = {"captions_file": Path(options.captions).name, "split": options.split, "validation": val_how,
             "train_images": train_set.images, "train_captions": len(train_set.caption_features),

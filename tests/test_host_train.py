@@ -122,7 +122,8 @@ def test_validation_holds_out_whole_photos(shapes):
 
 
 def test_a_coco_split_can_be_the_validation_set(shapes, cache_dir, tmp_path):
-    result = train.train(_options(shapes, tmp_path / "m", cache_dir, epochs=1, val_split="val"),
+    # Without the feature cache (--no-cache) too.
+    result = train.train(_options(shapes, tmp_path / "m", None, epochs=1, val_split="val", use_cache=False),
                          log=lambda *_: None)
     doc = json.loads((shapes / "captions.json").read_text())
     held = [i for i in doc["images"] if i.get("split") == "val"]
@@ -148,6 +149,9 @@ def test_model_json_records_recipe_data_metrics_and_parity(trained):
     assert spec.extra["metrics"]["R@1"] == history[-1]["R@1"]
     assert spec.extra["parity"]["text_min_cosine"] >= 0.99
     assert spec.extra["parity"]["image_min_cosine"] >= 0.99
+    from device.selftest import run_selftest
+
+    assert min(run_selftest(out).values()) >= 0.98  # `glimpse selftest` has the model's reference
     card = (out / "MODEL_CARD.md").read_text()
     assert "Apache-2.0" in card and f"\n    {EPOCHS} " in card  # the curve's last row
 
