@@ -12,14 +12,18 @@ error. The towers are converted once, for the module's trained model.
 from __future__ import annotations
 
 import json
+import os
 import random
+import select
 import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from bench.shapes import draw_photo, make_shapes
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 
 pytestmark = pytest.mark.host
 
@@ -259,6 +263,31 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(shapes, cache_di
     resumed = train.train(options, log=quiet)
     assert _same_weights(_heads(tmp_path / "whole.checkpoints"), _heads(options.checkpoints))
     assert resumed.history == whole.history
+
+
+def test_ctrl_c_on_the_command_line_saves_a_checkpoint_and_exits_130(shapes, cache_dir, tmp_path):
+    out = tmp_path / "m"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "provisioning", "train", "--captions", str(shapes / "captions.json"),
+         "--images", str(shapes / "images"), "--out", str(out), "--val-fraction", "0.25", "--batch-size", "16",
+         "--epochs", "100000", "--cache-dir", str(cache_dir), "--no-export"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+    seen = b""
+    try:
+        while b"training: " not in seen:  # the first progress line of the training steps
+            ready, _, _ = select.select([proc.stderr], [], [], 120)
+            chunk = os.read(proc.stderr.fileno(), 4096) if ready else b""
+            assert chunk, f"no training progress: {seen.decode(errors='replace')}"
+            seen += chunk
+        proc.send_signal(signal.SIGINT)
+        _, rest = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    stderr = (seen + rest).decode(errors="replace")
+    assert proc.returncode == 130
+    assert "run the same command with --resume to continue" in stderr and "Traceback" not in stderr
+    saved = torch.load(out.with_name("m.checkpoints") / train.LAST_CHECKPOINT, weights_only=True)
+    assert saved["epoch"] * 2 + saved["step"] >= 1  # at least the step in progress was kept
 
 
 def test_more_epochs_continue_a_finished_run(shapes, cache_dir, tmp_path):
