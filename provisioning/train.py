@@ -520,13 +520,12 @@ def _embed_split(data: CaptionSet, images_dir: Path, text: TextTower, image: Ima
     photo_features = _cached_features(keys, photos, image.identity, cache,
                                       Progress(len(keys), progress, label=f"{label} photos"))
     kept = [i for i, f in enumerate(photo_features) if f is not None]
-    new_index = {old: new for new, old in enumerate(kept)}
-    pairs = [(c, new_index[t]) for c, t in zip(data.captions, data.targets) if t in new_index]
-    captions = [c for c, _ in pairs]
+    usable = _subset(data, kept)
+    captions = usable.captions
     caption_features = _cached_features(
         [_name_hash(c) for c in captions], lambda idx: text.frozen([captions[i] for i in idx]), text.identity,
         cache, Progress(len(captions), progress, label=f"{label} captions"), batch=64)
-    targets = np.asarray([t for _, t in pairs], dtype=np.int64)
+    targets = np.asarray(usable.targets, dtype=np.int64)
     captions_of = [[] for _ in kept]
     for c, t in enumerate(targets):
         captions_of[t].append(c)
@@ -796,6 +795,8 @@ def train(options: TrainOptions, on_step=None, log=print) -> TrainResult:
 
     cache = FeatureCache(options.cache_dir or default_cache_dir()) if options.use_cache else None
     skipped = list(train_data.skipped)
+    if val_data is not None:  # a --val-split was read on its own: its missing photos too
+        skipped += [entry for entry in val_data.skipped if entry not in skipped]
     try:
         images_dir = Path(options.images)
         train_set = _embed_split(train_data, images_dir, text, image, cache, options.progress, "training", skipped)
