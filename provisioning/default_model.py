@@ -211,8 +211,11 @@ def run_tflite(path: Path, batches) -> np.ndarray:
 
 
 def export_towers(text_tower, image_tower, out_dir: Path, variant: str, max_tokens: int, size: int,
-                  log=print) -> tuple[str, str]:
+                  log=print, image_int8_ops: tuple[str, ...] | None = None) -> tuple[str, str]:
     """Convert both towers to ``.tflite`` in ``out_dir`` and copy MiniLM's tokenizer beside them.
+
+    ``image_int8_ops`` limits int8 weights in the image tower to those ops
+    (see :func:`provisioning.convert.export_tflite`).
 
     Returns:
         The text and image tower file names.
@@ -226,7 +229,8 @@ def export_towers(text_tower, image_tower, out_dir: Path, variant: str, max_toke
     log(f"converting the text tower ({variant})")
     convert.export_tflite(text_tower, (sample_ids, sample_mask), out_dir / text_file, variant)
     log(f"converting the image tower ({variant})")
-    convert.export_tflite(image_tower, (torch.zeros((1, size, size, 3)),), out_dir / image_file, variant)
+    convert.export_tflite(image_tower, (torch.zeros((1, size, size, 3)),), out_dir / image_file, variant,
+                          int8_ops=image_int8_ops)
     shutil.copyfile(_minilm_dir() / TOKENIZER_FILE, out_dir / TOKENIZER_FILE)
     return text_file, image_file
 

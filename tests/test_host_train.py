@@ -191,12 +191,11 @@ def test_exported_towers_run_on_the_device_encoders_and_match_pytorch(trained, s
     image_cosine = convert.cosine_rows(lite_image, expected_image)
     print(f"int8 vs PyTorch: text {convert.cosine_rows(lite_text, expected_text).round(4)}, "
           f"image {image_cosine.round(4)}")
-    # int8 weights move EfficientNet-Lite0's features, and the trained head
-    # amplifies the directions it learned: photographs measured 0.989 to 0.998
-    # (below glimpse-default's 0.99 floor now and then), flat synthetic drawings
-    # 0.89 to 0.99. The float32 export below shows the graph itself is exact.
-    assert image_cosine[:len(real)].min() >= 0.98
-    assert image_cosine[len(real):].min() >= 0.85
+    assert image_cosine[:len(real)].min() >= 0.99
+    # Flat drawings are the int8 image tower's hardest case: the trained head
+    # amplifies small feature differences (measured 0.990 to 0.999 with the
+    # depthwise convolutions kept float32; 0.92 with them in int8 too).
+    assert image_cosine[len(real):].min() >= 0.98
 
     float32 = out.with_name("shapes-float32")
     checkpoints = out.with_name(out.name + ".checkpoints")
