@@ -674,8 +674,9 @@ def _load_checkpoint(directory: Path, config: dict) -> dict:
         raise TrainInvalid(f"{path}: unreadable checkpoint: {exc}") from None
     if state.get("format") != CHECKPOINT_FORMAT:
         raise TrainInvalid(f"{path}: not a checkpoint of this Glimpse version")
-    differ = [f"{k} ({state['config'].get(k)!r} then, {v!r} now)" for k, v in config.items()
-              if state["config"].get(k) != v]
+    data_names = {"train_data": "the training photos or captions", "val_data": "the validation photos or captions"}
+    differ = [data_names.get(k) or f"{k} ({state['config'].get(k)!r} then, {v!r} now)"
+              for k, v in config.items() if state["config"].get(k) != v]
     if differ:
         raise TrainInvalid(f"{path} was made with other data or options: {', '.join(differ)}; "
                            "use the same ones, or start over with --force")

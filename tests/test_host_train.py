@@ -364,5 +364,7 @@ def test_checkpoints_are_neither_overwritten_nor_resumed_with_other_options(shap
     assert proc.returncode == 2 and "--resume to continue it or --force to start over" in proc.stderr
     proc = _train_cli(shapes, out, *common, "--resume", "--dim", "64", check=False)
     assert proc.returncode == 2 and "dim (256 then, 64 now)" in proc.stderr
+    proc = _train_cli(shapes, out, *common, "--resume", "--limit", "20", check=False)
+    assert proc.returncode == 2 and "other data or options: the training photos or captions" in proc.stderr
     proc = _train_cli(shapes, tmp_path / "other", *common, "--resume", check=False)
     assert proc.returncode == 2 and "no checkpoint to resume from" in proc.stderr
