@@ -8,6 +8,7 @@ not usable photos are skipped and listed in ``report.json``, never fatal.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import multiprocessing
@@ -132,22 +133,34 @@ def walk(root: Path) -> tuple[list[Path], list[Path]]:
     return photos, others
 
 
-class _Progress:
-    """One self-overwriting stderr line: count, rate, ETA (rate of the photos processed now)."""
+class Progress:
+    """One self-overwriting stderr line: count, rate, ETA (rate of the work done now).
 
-    def __init__(self, total: int, enabled: bool, already: int = 0):
-        self.total, self.enabled, self.already = total, enabled, already
+    Args:
+        total: how many units the whole job has.
+        enabled: print at all.
+        already: units done before this run (from a cache, a checkpoint).
+        label: what is counted, e.g. ``embedding photos``.
+        already_from: where the ``already`` units came from, e.g. ``the cache``.
+    """
+
+    def __init__(self, total: int, enabled: bool, already: int = 0, label: str = "embedding photos",
+                 already_from: str = "the cache"):
+        self.total, self.enabled, self.already, self.label = total, enabled, already, label
+        self.already_from = already_from
         self.start, self.last = time.monotonic(), 0.0
 
-    def update(self, done: int, final: bool = False) -> None:
+    def update(self, done: int, final: bool = False, note: str = "") -> None:
+        """Show ``done`` of ``total`` (at most 5 times a second unless ``final``), with ``note`` after it."""
         now = time.monotonic()
         if not self.enabled or (not final and now - self.last < 0.2):
             return
         self.last = now
         rate = (done - self.already) / max(now - self.start, 1e-9)
         eta = f"ETA {(self.total - done) / rate:.0f}s" if rate > 0 and done < self.total else "done"
-        cached = f", {self.already} from the cache" if self.already else ""
-        print(f"\rembedding photos: {done}/{self.total} ({rate:.1f}/s{cached}, {eta})   ",
+        cached = f", {self.already} from {self.already_from}" if self.already else ""
+        note = f": {note}" if note else ""
+        print(f"\r{self.label}: {done}/{self.total}{note} ({rate:.1f}/s{cached}, {eta})   ",
               end="\n" if final else "", file=sys.stderr, flush=True)
 
 
@@ -203,53 +216,63 @@ def build(options: BuildOptions) -> dict:
     if hashes:
         hashes.close()
 
+    try:
+        with staged_directory(out) as work:
+            items, vectors, embedded = _embed_all(unique, model_dir, spec, options, cache, work, skipped)
+            if not items:
+                raise BuildFailed(f"{root}: no usable photo found ({len(skipped)} files skipped)")
+            _copy_model(model_dir, work / bundle_format.MODEL_DIR)
+            embeddings = np.asarray(vectors, dtype=np.float32).reshape(len(items), spec.dim)
+            np.save(work / bundle_format.EMBEDDINGS, embeddings)
+            # A partitioned index is calibrated on the text tower's queries.
+            queries = text_queries(model_dir) if choose_kind(options.index.kind, len(items)) == "ivfpq" else None
+            index = build_index(work, embeddings, options.index, queries=queries)
+            with open(work / bundle_format.ITEMS, "w", encoding="utf-8") as handle:
+                for item in items:
+                    handle.write(json.dumps(item.to_json(), ensure_ascii=False) + "\n")
+            seconds = time.monotonic() - started
+            report = {
+                "library": str(root),
+                "model": spec.full_id,
+                "photos_found": len(photos),
+                "items": len(items),
+                "embedded": embedded,
+                "from_cache": len(items) - embedded,
+                "duplicates": duplicates,
+                "skipped": skipped,
+                "index": index["kind"],
+                "seconds": round(seconds, 2),
+                "photos_per_second": round(len(unique) / seconds, 1) if seconds > 0 else None,
+            }
+            (work / bundle_format.REPORT).write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n",
+                                                     encoding="utf-8")
+            manifest = bundle_format.write_manifest(
+                work, spec, len(items),
+                extra={"index": index,
+                       "builder": {"glimpse": _version(), "thumb_size": options.thumb_size,
+                                   "preview_size": options.preview_size, "originals": options.originals}},
+            )
+            report["bundle_id"] = manifest["bundle_id"]
+    finally:
+        if cache:
+            cache.close()
+    return report
+
+
+@contextlib.contextmanager
+def staged_directory(out: Path):
+    """A new directory beside ``out`` to write into, moved over ``out`` when the
+    block ends without an error and removed otherwise: ``out`` is never half-written."""
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        items, vectors, embedded = _embed_all(unique, model_dir, spec, options, cache, work, skipped)
-        if not items:
-            raise BuildFailed(f"{root}: no usable photo found ({len(skipped)} files skipped)")
-        _copy_model(model_dir, work / bundle_format.MODEL_DIR)
-        embeddings = np.asarray(vectors, dtype=np.float32).reshape(len(items), spec.dim)
-        np.save(work / bundle_format.EMBEDDINGS, embeddings)
-        # A partitioned index is calibrated on the text tower's queries.
-        queries = text_queries(model_dir) if choose_kind(options.index.kind, len(items)) == "ivfpq" else None
-        index = build_index(work, embeddings, options.index, queries=queries)
-        with open(work / bundle_format.ITEMS, "w", encoding="utf-8") as handle:
-            for item in items:
-                handle.write(json.dumps(item.to_json(), ensure_ascii=False) + "\n")
-        seconds = time.monotonic() - started
-        report = {
-            "library": str(root),
-            "model": spec.full_id,
-            "photos_found": len(photos),
-            "items": len(items),
-            "embedded": embedded,
-            "from_cache": len(items) - embedded,
-            "duplicates": duplicates,
-            "skipped": skipped,
-            "index": index["kind"],
-            "seconds": round(seconds, 2),
-            "photos_per_second": round(len(unique) / seconds, 1) if seconds > 0 else None,
-        }
-        (work / bundle_format.REPORT).write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n",
-                                                 encoding="utf-8")
-        manifest = bundle_format.write_manifest(
-            work, spec, len(items),
-            extra={"index": index,
-                   "builder": {"glimpse": _version(), "thumb_size": options.thumb_size,
-                               "preview_size": options.preview_size, "originals": options.originals}},
-        )
-        report["bundle_id"] = manifest["bundle_id"]
+        yield work
         if out.exists():
             shutil.rmtree(out)
         os.replace(work, out)
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
-        if cache:
-            cache.close()
-    return report
 
 
 def _embed_all(unique: dict, model_dir: Path, spec, options: BuildOptions, cache, work: Path, skipped: list):
@@ -269,7 +292,7 @@ def _embed_all(unique: dict, model_dir: Path, spec, options: BuildOptions, cache
         else:
             todo.append(digest)
 
-    progress = _Progress(len(unique), options.progress, already=len(results))
+    progress = Progress(len(unique), options.progress, already=len(results))
     if todo:
         workers = min(options.workers or os.cpu_count() or 1, len(todo))
         jobs = [(str(unique[d][1]), options.thumb_size, options.preview_size, options.thumb_format) for d in todo]

@@ -6,6 +6,9 @@ nothing, and by the model's full id, so a new model re-embeds everything:
 * embeddings and photo facts (size, EXIF date) in SQLite (WAL mode),
   committed every few photos, so a build killed half-way resumes where it stopped;
 * thumbnails and previews as files, named by hash, size and format.
+
+``glimpse-provision train`` keeps the frozen towers' outputs here too
+(:class:`FeatureCache`), keyed by content hash and tower identity.
 """
 
 from __future__ import annotations
@@ -39,6 +42,16 @@ def default_cache_dir() -> Path:
     return Path(base) / "glimpse"
 
 
+def _open_db(path: Path, schema: str) -> sqlite3.Connection:
+    """Open (or create) a cache database in WAL mode with ``schema``."""
+    db = sqlite3.connect(path, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute(schema)
+    db.commit()
+    return db
+
+
 class BuildCache:
     """Embeddings and renditions of photos already processed.
 
@@ -51,11 +64,7 @@ class BuildCache:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.model_id = model_id
-        self._db = sqlite3.connect(self.directory / "embeddings.sqlite", check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(_SCHEMA)
-        self._db.commit()
+        self._db = _open_db(self.directory / "embeddings.sqlite", _SCHEMA)
         self._pending = 0
         self._lock = threading.Lock()
 
@@ -124,10 +133,7 @@ class HashCache:
 
     def __init__(self, directory: Path):
         Path(directory).mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(Path(directory) / "embeddings.sqlite")
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(_FILES_SCHEMA)
-        self._db.commit()
+        self._db = _open_db(Path(directory) / "embeddings.sqlite", _FILES_SCHEMA)
 
     def sha256(self, path: Path, hasher) -> str:
         """The file's sha256, from the cache when size and mtime are unchanged, else ``hasher(path)``.
@@ -147,5 +153,59 @@ class HashCache:
 
     def close(self) -> None:
         """Commit and close."""
+        self._db.commit()
+        self._db.close()
+
+
+_FEATURES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS features (
+    tower   TEXT NOT NULL,
+    sha256  TEXT NOT NULL,
+    shape   TEXT NOT NULL,
+    data    BLOB NOT NULL,
+    PRIMARY KEY (tower, sha256)
+)
+"""
+
+
+class FeatureCache:
+    """What a frozen tower (or its frozen first blocks) outputs for an input, for training.
+
+    Keyed by the input's content sha256 (a photo file's bytes, a caption's
+    UTF-8 text) and the tower's identity (network, weights, where it is cut), so
+    a second training run, or more epochs, runs no frozen network again.
+    Arrays of any shape are kept as float32. Shares the cache directory's
+    database with :class:`BuildCache`.
+
+    Args:
+        directory: the cache directory (created if missing).
+    """
+
+    def __init__(self, directory: Path):
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        self._db = _open_db(Path(directory) / "embeddings.sqlite", _FEATURES_SCHEMA)
+        self._pending = 0
+
+    def get(self, tower: str, sha256: str) -> np.ndarray | None:
+        """The cached array for this input and tower, or ``None``."""
+        row = self._db.execute("SELECT shape, data FROM features WHERE tower = ? AND sha256 = ?",
+                               (tower, sha256)).fetchone()
+        if row is None:
+            return None
+        shape = tuple(int(n) for n in row[0].split("x") if n)
+        return np.frombuffer(row[1], dtype=np.float32).reshape(shape).copy()
+
+    def put(self, tower: str, sha256: str, array: np.ndarray) -> None:
+        """Remember one input's array; committed in small batches."""
+        array = np.ascontiguousarray(array, dtype=np.float32)
+        self._db.execute("INSERT OR REPLACE INTO features VALUES (?, ?, ?, ?)",
+                         (tower, sha256, "x".join(str(n) for n in array.shape), array.tobytes()))
+        self._pending += 1
+        if self._pending >= COMMIT_EVERY:
+            self._db.commit()
+            self._pending = 0
+
+    def close(self) -> None:
+        """Commit what is pending and close the database."""
         self._db.commit()
         self._db.close()

@@ -5,6 +5,10 @@
     glimpse-provision model default --out DIR [--variant int8|float32]   (needs PyTorch)
     glimpse-provision eval --captions FILE --images DIR [--model DIR] [--split NAME] [--limit N] [--json]
                       text-to-image Recall@1/5/10 of a model on captioned photos (COCO JSON, CSV, JSONL)
+    glimpse-provision train --captions FILE --images DIR --out MODEL_DIR [--val-split NAME | --val-fraction F]
+                      [--epochs N] [--batch-size N] [--dim N] [--unfreeze-text N] [--unfreeze-image N]
+                      [--seed N] [--resume] [--variant int8|float32]   (needs PyTorch)
+                      train projection heads on captioned photos; a model directory for build --model
     glimpse-provision wheelhouse --platform linux_aarch64 --python 3.11 [--python 3.13 ...] --out DIR
     glimpse-provision push HOST --bundle DIR [--port 22] [--user U] [--identity KEY] [--keep 3]
                       [--install [--wheelhouse DIR]]   send, verify, switch, check, or roll back
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import sys
 import tempfile
 from pathlib import Path
 
@@ -59,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--limit", type=int, help="only the first N photos (and their captions)")
     evaluate.add_argument("--threads", type=int, default=1, help="interpreter threads per tower (default 1)")
     evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    _train_parser(commands)
 
     wheelhouse = commands.add_parser(
         "wheelhouse", help="download every wheel a device needs, for installing without internet")
@@ -99,6 +106,49 @@ def _parser() -> argparse.ArgumentParser:
                               "block): a quarter of the index size, approximate scores (default: float32, exact)")
     tasklib.add_argument("--force", action="store_true", help="replace the output file if it exists")
     return parser
+
+
+def _train_parser(commands) -> None:
+    train = commands.add_parser(
+        "train", help="train a dual encoder's projection heads on captioned photos (needs the host extra)")
+    data = train.add_argument_group("data")
+    data.add_argument("--captions", required=True, type=Path,
+                      help="captions: COCO-format .json (images, annotations), .csv (image,caption) or .jsonl")
+    data.add_argument("--images", required=True, type=Path, help="folder the image names are relative to")
+    data.add_argument("--split", help="train on images whose 'split' field is this (COCO .json)")
+    data.add_argument("--val-split", help="validate on images whose 'split' field is this (COCO .json)")
+    data.add_argument("--val-fraction", type=float, default=0.1,
+                      help="without --val-split: share of the photos held out for validation, "
+                           "always the same ones (default 0.1; 0: none)")
+    data.add_argument("--limit", type=int, help="only the first N photos")
+    recipe = train.add_argument_group("recipe")
+    recipe.add_argument("--epochs", type=int, default=10, help="passes over the training photos (default 10)")
+    recipe.add_argument("--batch-size", type=int, default=128, help="photos per step, the in-batch negatives (default 128)")
+    recipe.add_argument("--lr", type=float, default=1e-3, help="learning rate of the heads (default 1e-3)")
+    recipe.add_argument("--tower-lr", type=float, default=1e-5,
+                        help="learning rate of unfrozen tower blocks (default 1e-5)")
+    recipe.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default 0.01)")
+    recipe.add_argument("--dim", type=int, default=256, help="shared embedding dimension (default 256)")
+    recipe.add_argument("--hidden", type=int, default=512, help="hidden width of the heads (default 512)")
+    recipe.add_argument("--unfreeze-text", type=int, default=0, metavar="N",
+                        help="also train the text tower's last N transformer layers (0-6, default 0)")
+    recipe.add_argument("--unfreeze-image", type=int, default=0, metavar="N",
+                        help="also train the image tower's last N MBConv blocks (0-16, default 0)")
+    recipe.add_argument("--seed", type=int, default=0, help="seed for initialisation, order, captions (default 0)")
+    run = train.add_argument_group("run")
+    run.add_argument("--out", required=True, type=Path, help="model directory to write")
+    run.add_argument("--checkpoints", type=Path, help="checkpoint directory (default: OUT.checkpoints)")
+    run.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    run.add_argument("--force", action="store_true",
+                     help="replace OUT; without --resume, discard an earlier run's checkpoints")
+    run.add_argument("--variant", choices=["int8", "float32"], default="int8", help="tower precision (default int8)")
+    run.add_argument("--id", default="glimpse-trained", help="model id in model.json (default glimpse-trained)")
+    run.add_argument("--version", default="1.0.0", help="model version in model.json (default 1.0.0)")
+    run.add_argument("--cache-dir", type=Path, help="feature cache (default ~/.cache/glimpse)")
+    run.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
+    run.add_argument("--no-export", action="store_true",
+                     help="train and checkpoint only; a later --resume with nothing left to train exports")
+    run.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
 def _push_options(parser) -> None:
@@ -221,6 +271,32 @@ def _eval(args) -> int:
     return 0
 
 
+def _train(args) -> int:
+    try:
+        from provisioning import train
+    except ModuleNotFoundError as exc:
+        raise GlimpseError(f"train needs the host extra (PyTorch, transformers): {exc}; "
+                           "install glimpse[host] or use .venv-host") from None
+
+    options = train.TrainOptions(
+        captions=args.captions, images=args.images, out=args.out, split=args.split, val_split=args.val_split,
+        val_fraction=args.val_fraction, limit=args.limit, epochs=args.epochs, batch_size=args.batch_size,
+        learning_rate=args.lr, tower_learning_rate=args.tower_lr, weight_decay=args.weight_decay, dim=args.dim,
+        hidden=args.hidden, unfreeze_text=args.unfreeze_text, unfreeze_image=args.unfreeze_image, seed=args.seed,
+        variant=args.variant, model_id=args.id, model_version=args.version, checkpoint_dir=args.checkpoints,
+        resume=args.resume, force=args.force, cache_dir=args.cache_dir, use_cache=not args.no_cache,
+        export=not args.no_export, progress=not args.quiet)
+    result = train.train(options, log=(lambda *_: None) if args.quiet else (lambda m: print(m, file=sys.stderr)))
+    print(result.table())
+    for name, reason in result.skipped:
+        print(f"skipped {name}: {reason}")
+    if result.spec is not None:
+        print(f"model {result.spec.full_id} in {args.out} (parity: text {result.spec.extra['parity']['text_min_cosine']}, "
+              f"image {result.spec.extra['parity']['image_min_cosine']}); "
+              f"use it with: glimpse-provision build --model {args.out}")
+    return 0
+
+
 def _wheelhouse(args) -> int:
     from provisioning import wheelhouse
 
@@ -283,4 +359,4 @@ def _export_tasklib(args) -> int:
 
 
 _COMMANDS = {"build": _build, "demo": _demo, "model": _model, "eval": _eval, "wheelhouse": _wheelhouse, "push": _push,
-             "fleet": _fleet, "export-tasklib": _export_tasklib}
+             "fleet": _fleet, "export-tasklib": _export_tasklib, "train": _train}

@@ -15,7 +15,8 @@ from pathlib import Path
 VARIANTS = ("int8", "float32")
 
 
-def export_tflite(module, sample_args: tuple, path: Path, variant: str) -> Path:
+def export_tflite(module, sample_args: tuple, path: Path, variant: str,
+                  int8_ops: tuple[str, ...] | None = None) -> Path:
     """Convert ``module`` traced with ``sample_args`` and write it to ``path``.
 
     Args:
@@ -23,6 +24,10 @@ def export_tflite(module, sample_args: tuple, path: Path, variant: str) -> Path:
         sample_args: example inputs (their shapes become the model's fixed shapes).
         path: the ``.tflite`` file to write.
         variant: ``int8`` or ``float32``.
+        int8_ops: with ``int8``, give int8 weights to these TFLite ops only
+            (as ``ai_edge_quantizer`` names them, e.g. ``("CONV_2D",
+            "FULLY_CONNECTED")``) and leave the others float32; ``None``: every
+            op the dynamic-range recipe covers.
 
     Raises:
         ValueError: unknown variant.
@@ -33,7 +38,7 @@ def export_tflite(module, sample_args: tuple, path: Path, variant: str) -> Path:
     import litert_torch
 
     quant_config = None
-    if variant == "int8":
+    if variant == "int8" and int8_ops is None:
         from litert_torch.generative.quantize import quant_recipes
 
         quant_config = quant_recipes.full_dynamic_recipe()
@@ -46,7 +51,20 @@ def export_tflite(module, sample_args: tuple, path: Path, variant: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     edge_model.export(str(path))
+    if variant == "int8" and int8_ops is not None:
+        _quantize_ops(path, int8_ops)
     return path
+
+
+def _quantize_ops(path: Path, ops: tuple[str, ...]) -> None:
+    """Rewrite the float32 model at ``path`` with dynamic-range int8 weights
+    (per channel, as the full recipe does) on ``ops`` only."""
+    from ai_edge_quantizer import qtyping, quantizer
+
+    model = quantizer.Quantizer(str(path))
+    for op in ops:
+        model.add_dynamic_config(".*", qtyping.TFLOperationName(op), 8)
+    model.quantize(enable_progress_report=False).export_model(str(path), overwrite=True)
 
 
 def cosine_rows(a, b):

