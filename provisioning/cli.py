@@ -3,6 +3,10 @@
     glimpse-provision build --images DIR --out BUNDLE_DIR [--model DIR] [--index auto|exact|ivfpq] [--force]
     glimpse-provision demo --out BUNDLE_DIR          (scikit-image's photos)
     glimpse-provision model default --out DIR [--variant int8|float32]   (needs PyTorch)
+    glimpse-provision import-model SOURCE --out DIR [--arch NAME] [--variant int8|float32] [--id NAME]
+                      [--version V] [--licence TEXT] [--source-url URL]
+                      a real CLIP model (OpenCLIP checkpoint or directory, Hugging Face CLIPModel
+                      directory) as a Glimpse model directory (needs PyTorch, open_clip)
     glimpse-provision eval --captions FILE --images DIR [--model DIR] [--split NAME] [--limit N] [--json]
                       text-to-image Recall@1/5/10 of a model on captioned photos (COCO JSON, CSV, JSONL)
     glimpse-provision wheelhouse --platform linux_aarch64 --python 3.11 [--python 3.13 ...] --out DIR
@@ -45,6 +49,20 @@ def _parser() -> argparse.ArgumentParser:
     model.add_argument("--out", required=True, type=Path, help="model directory to write")
     model.add_argument("--variant", choices=["int8", "float32"], default="int8",
                        help="tower precision (default int8)")
+
+    imported = commands.add_parser(
+        "import-model", help="import a CLIP model from local files: OpenCLIP or Hugging Face (needs the host extra)")
+    imported.add_argument("source", type=Path,
+                          help="OpenCLIP checkpoint (.pt/.pth/.bin/.safetensors, with --arch), OpenCLIP directory "
+                               "(open_clip_config.json) or Hugging Face CLIPModel directory (config.json)")
+    imported.add_argument("--out", required=True, type=Path, help="model directory to write")
+    imported.add_argument("--arch", help="open_clip architecture of a bare checkpoint file, e.g. ViT-B-32")
+    imported.add_argument("--variant", choices=["int8", "float32"], default="int8",
+                          help="tower precision (default int8)")
+    imported.add_argument("--id", dest="model_id", help="model id in model.json (default: from the architecture)")
+    imported.add_argument("--version", default="1.0.0", help="model version (default 1.0.0)")
+    imported.add_argument("--licence", help="the weights' licence, as their model page states it (e.g. MIT)")
+    imported.add_argument("--source-url", help="where the weights came from (default: the local path)")
 
     evaluate = commands.add_parser(
         "eval", help="measure a model's text-to-image Recall@1/5/10 on captioned photos")
@@ -184,6 +202,17 @@ def _model(args) -> int:
     return 0
 
 
+def _import_model(args) -> int:
+    from provisioning.clip_import import ImportOptions, import_model
+
+    spec = import_model(ImportOptions(source=args.source, out=args.out, arch=args.arch, variant=args.variant,
+                                      model_id=args.model_id, version=args.version, licence=args.licence,
+                                      source_url=args.source_url))
+    print(f"model {spec.full_id} ({spec.quantization}, {spec.dim}-d) in {args.out}; "
+          f"parity {json.dumps(spec.extra['parity'])}")
+    return 0
+
+
 def _eval(args) -> int:
     from provisioning.captions import read_captions
     from provisioning.evaluate import evaluate
@@ -247,5 +276,5 @@ def _fleet(args) -> int:
     return fleet.run(args.inventory, args.bundle, limit=args.limit, forks=args.forks)
 
 
-_COMMANDS = {"build": _build, "demo": _demo, "model": _model, "eval": _eval, "wheelhouse": _wheelhouse, "push": _push,
+_COMMANDS = {"build": _build, "demo": _demo, "model": _model, "import-model": _import_model, "eval": _eval, "wheelhouse": _wheelhouse, "push": _push,
              "fleet": _fleet}
