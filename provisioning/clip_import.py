@@ -27,7 +27,6 @@ import dataclasses
 import json
 import os
 import re
-import shutil
 import warnings
 from pathlib import Path
 
@@ -354,6 +353,13 @@ def _tag_preprocess(open_clip, arch: str) -> dict:
     return {}
 
 
+def clip_bpe(simple_tokenizer) -> tuple[dict, list]:
+    """CLIP's BPE vocabulary (token -> id) and merges (pairs, by rank) from open_clip's
+    ``SimpleTokenizer``: the tables every CLIP checkpoint's tokenizer is made of."""
+    merges = sorted(simple_tokenizer.bpe_ranks, key=simple_tokenizer.bpe_ranks.get)
+    return dict(simple_tokenizer.encoder), merges
+
+
 def clip_bpe_tokenizer(simple_tokenizer, max_tokens: int) -> str:
     """A ``tokenizer.json`` reproducing open_clip's ``SimpleTokenizer`` (CLIP's BPE).
 
@@ -369,8 +375,7 @@ def clip_bpe_tokenizer(simple_tokenizer, max_tokens: int) -> str:
     from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
     from tokenizers.models import BPE
 
-    vocab = dict(simple_tokenizer.encoder)
-    merges = sorted(simple_tokenizer.bpe_ranks, key=simple_tokenizer.bpe_ranks.get)
+    vocab, merges = clip_bpe(simple_tokenizer)
     sot, eot = simple_tokenizer.decoder[simple_tokenizer.sot_token_id], simple_tokenizer.decoder[simple_tokenizer.eot_token_id]
     tokenizer = Tokenizer(BPE(vocab=vocab, merges=merges, end_of_word_suffix="</w>", continuing_subword_prefix="",
                               fuse_unk=False))
@@ -620,13 +625,9 @@ def import_model(options: ImportOptions, log=print) -> ModelSpec:
     ref_text = src.source_embed_text(ids, masks).astype(np.float32)
     photo_names, photo_inputs = default_model.reference_inputs(src.image_size)
     ref_image = np.concatenate([src.source_embed_image(p[None].astype(np.float32)) for p in photo_inputs])
-    lite_text = default_model.run_tflite(out / text_file, [(i[None], m[None]) for i, m in zip(ids, masks)])
-    lite_image = default_model.run_tflite(out / image_file, [(p[None].astype(np.float32),) for p in photo_inputs])
-    parity = {
-        "text_min_cosine": round(float(convert.cosine_rows(lite_text, ref_text).min()), 6),
-        "image_min_cosine": round(float(convert.cosine_rows(lite_image, ref_image).min()), 6),
-        "floor": PARITY_FLOOR[options.variant],
-    }
+    parity = default_model.tower_parity(out / text_file, out / image_file, [i[None] for i in ids],
+                                        [m[None] for m in masks], ref_text, photo_inputs, ref_image)
+    parity["floor"] = PARITY_FLOOR[options.variant]
     log(f"parity ({options.variant} vs PyTorch float32): text {parity['text_min_cosine']:.6f}, "
         f"image {parity['image_min_cosine']:.6f}")
     low = [tower for tower in ("text", "image") if parity[f"{tower}_min_cosine"] < parity["floor"]]
@@ -637,8 +638,7 @@ def import_model(options: ImportOptions, log=print) -> ModelSpec:
             f"{min(parity[f'{t}_min_cosine'] for t in low):.6f} against PyTorch, below the "
             f"{options.variant} floor {parity['floor']}; the model in {out} is incomplete "
             "(try --variant float32, or report the architecture)")
-    np.savez(out / default_model.REFERENCE_FILE, texts=np.asarray(REFERENCE_TEXTS), text_embeddings=ref_text,
-             photos=np.asarray(photo_names), photo_inputs=photo_inputs, photo_embeddings=ref_image)
+    default_model.save_reference(out, REFERENCE_TEXTS, ref_text, photo_names, photo_inputs, ref_image)
 
     if not options.licence:
         log("warning: no --licence given; the model card says the licence is unknown")

@@ -101,12 +101,10 @@ def _hf_clip_dir(open_clip, path):
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
     path.mkdir()
-    bpe = open_clip.tokenizer.SimpleTokenizer()
-    vocab = dict(bpe.encoder)
-    vocab["<|startoftext|>"] = vocab.pop("<start_of_text>")
+    vocab, merges = clip_import.clip_bpe(open_clip.tokenizer.SimpleTokenizer())
+    vocab["<|startoftext|>"] = vocab.pop("<start_of_text>")  # Hugging Face's names for the same ids
     vocab["<|endoftext|>"] = vocab.pop("<end_of_text>")
     (path / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    merges = sorted(bpe.bpe_ranks, key=bpe.bpe_ranks.get)
     (path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n",
                                      encoding="utf-8")
     CLIPTokenizer(vocab=str(path / "vocab.json"), merges=str(path / "merges.txt")).save_pretrained(path)
