@@ -227,7 +227,7 @@ def test_model_card_records_licence_and_provenance(imported, sources):
     assert spec.extra["imported"]["architecture"] == TINY_VIT
 
 
-def test_build_and_eval_work_with_an_imported_model(imported, library, tmp_path):
+def test_build_eval_and_selftest_work_with_an_imported_model(imported, library, tmp_path):
     model = imported("hf-clip", "int8")
     bundle = tmp_path / "bundle"
     run_cli("provisioning", "build", "--images", str(library), "--out", str(bundle), "--model", str(model),
@@ -242,6 +242,8 @@ def test_build_and_eval_work_with_an_imported_model(imported, library, tmp_path)
                      "--model", str(model), "--json")
     figures = json.loads(report.stdout)
     assert figures["images"] == 2 and figures["captions"] == 2 and figures["model"].startswith("hf-clip@")
+    checked = run_cli("device", "selftest", "--model", str(model))  # what a new Pi runs
+    assert "text: min cosine" in checked.stdout and "image: min cosine" in checked.stdout
 
 
 def test_import_without_licence_says_it_is_unknown(sources, tmp_path):
