@@ -81,7 +81,7 @@ class ImportOptions:
         source: checkpoint file or model directory (local; nothing is downloaded).
         out: model directory to write.
         arch: open_clip architecture for a bare checkpoint file (e.g. ``ViT-B-32``);
-            ignored for directories, which name their own.
+            a directory carries its own configuration, and ``arch`` only names it.
         variant: ``int8`` (dynamic-range) or ``float32`` towers.
         model_id: ``model.json`` id (default: derived from the architecture or directory).
         version: the model's version.
@@ -155,7 +155,7 @@ def import_open_clip():
         library = torch.library.Library("torchvision", "DEF")
         library.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
         library.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        # The registry holds only a weak reference: the schemas live as long as this object.
+        # Registrations last as long as their Library object: keep it for the process.
         _KEEP_ALIVE.append(library)
     with warnings.catch_warnings():
         # Where torchvision.io gets imported, it warns that its image extension (the
@@ -170,11 +170,6 @@ _KEEP_ALIVE: list = []
 
 def _torchvision_ops_loadable(importlib_util, torch) -> bool:
     """True when torchvision's C++ extension exists and loads (so it defines its own ops)."""
-    try:
-        if torch._C._dispatch_has_kernel_for_dispatch_key("torchvision::nms", "CPU"):
-            return True
-    except RuntimeError:
-        pass
     spec = importlib_util.find_spec("torchvision")
     if spec is None or not spec.submodule_search_locations:
         return True  # no torchvision at all: nothing to work around; the import error is clearer
@@ -183,7 +178,7 @@ def _torchvision_ops_loadable(importlib_util, torch) -> bool:
             try:
                 torch.ops.load_library(str(candidate))
                 return True
-            except OSError:
+            except (OSError, RuntimeError):  # e.g. "libcudart.so.12: cannot open shared object file"
                 return False
     return False
 
@@ -363,9 +358,10 @@ def clip_bpe_tokenizer(simple_tokenizer, max_tokens: int) -> str:
     ``clean='lower'``; start- and end-of-text around every text; truncation that
     keeps the end-of-text token; padding with id 0, as open_clip pads.
 
-    What ``tokenizers`` cannot do is ftfy's repair of mis-decoded text (mojibake)
-    and HTML-entity unescaping: texts containing those may tokenize differently.
-    Curly quotes, which ftfy straightens, are straightened here too.
+    open_clip first cleans text with ftfy and HTML unescaping; the parts of that a
+    query can meet are reproduced (:func:`_ftfy_like_normalizers`). Not reproduced:
+    ftfy's repair of mis-decoded text (mojibake, "cafÃ©"), halfwidth katakana, and
+    HTML entities other than the five common ones: such texts may tokenize differently.
     """
     from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
     from tokenizers.models import BPE
@@ -375,9 +371,7 @@ def clip_bpe_tokenizer(simple_tokenizer, max_tokens: int) -> str:
     tokenizer = Tokenizer(BPE(vocab=vocab, merges=merges, end_of_word_suffix="</w>", continuing_subword_prefix="",
                               fuse_unk=False))
     tokenizer.normalizer = normalizers.Sequence([
-        normalizers.NFC(),
-        normalizers.Replace(Regex("[\u2018\u2019]"), "'"),
-        normalizers.Replace(Regex("[\u201c\u201d]"), '"'),
+        *_ftfy_like_normalizers(),
         normalizers.Replace(Regex(r"\s+"), " "),
         normalizers.Lowercase(),
     ])
@@ -394,6 +388,32 @@ def clip_bpe_tokenizer(simple_tokenizer, max_tokens: int) -> str:
     tokenizer.enable_truncation(max_length=max_tokens)
     tokenizer.enable_padding(length=max_tokens, pad_id=0, pad_token=simple_tokenizer.decoder[0])
     return tokenizer.to_str()
+
+
+def _ftfy_like_normalizers() -> list:
+    """``tokenizers`` normalizers doing what ftfy.fix_text (default settings) and
+    open_clip's double ``html.unescape`` do to text a person types: NFC, curly
+    quotes straightened, Latin ligatures split, fullwidth ASCII made ASCII, control
+    characters removed, and the common HTML entities unescaped (``&amp;`` first, so
+    ``&amp;lt;`` becomes ``<`` as after two unescapes)."""
+    from tokenizers import Regex, normalizers
+
+    replace = normalizers.Replace
+    ligatures = {"\ufb00": "ff", "\ufb01": "fi", "\ufb02": "fl", "\ufb03": "ffi", "\ufb04": "ffl",
+                 "\ufb05": "st", "\ufb06": "st", "\u0132": "IJ", "\u0133": "ij", "\u01c7": "LJ", "\u01c8": "Lj",
+                 "\u01c9": "lj", "\u01ca": "NJ", "\u01cb": "Nj", "\u01cc": "nj"}
+    entities = {"&amp;": "&", "&lt;": "<", "&gt;": ">", "&quot;": '"', "&#39;": "'", "&nbsp;": "\u00a0"}
+    return [
+        normalizers.NFC(),
+        replace(Regex("[\u2018\u2019\u201a\u201b]"), "'"),
+        replace(Regex("[\u201c\u201d\u201e\u201f]"), '"'),
+        *(replace(char, plain) for char, plain in ligatures.items()),
+        *(replace(chr(code), chr(code - 0xFEE0)) for code in range(0xFF01, 0xFF5F)),  # fullwidth ASCII
+        replace("\u3000", " "),
+        replace(Regex("[\x00-\x08\x0b\x0e-\x1f\x7f]"), ""),
+        replace("&amp;", "&"),
+        *(replace(entity, char) for entity, char in entities.items()),
+    ]
 
 
 # --------------------------------------------------------------------------- Hugging Face
