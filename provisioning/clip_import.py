@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from device.errors import GlimpseError
-from device.model import ImageTowerSpec, ModelSpec, TextTowerSpec, sha256_file, write_spec
+from device.model import SPEC_NAME, ImageTowerSpec, ModelSpec, TextTowerSpec, sha256_file, write_spec
 from provisioning import convert, default_model
 
 #: Parity floors (minimum cosine against PyTorch float32) per variant.
@@ -610,6 +610,8 @@ def import_model(options: ImportOptions, log=print) -> ModelSpec:
     log(f"{src.kind} {src.arch}: {src.dim}-d, {src.max_tokens} tokens, {src.image_size} px")
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
+    # A model.json from an earlier import would make a half-written directory look usable.
+    (out / SPEC_NAME).unlink(missing_ok=True)
     tokenizer_file = out / default_model.TOKENIZER_FILE
     tokenizer_file.write_text(src.tokenizer_json, encoding="utf-8")
 
