@@ -55,14 +55,14 @@ def _parser() -> argparse.ArgumentParser:
     imported.add_argument("source", type=Path,
                           help="OpenCLIP checkpoint (.pt/.pth/.bin/.safetensors, with --arch), OpenCLIP directory "
                                "(open_clip_config.json) or Hugging Face CLIPModel directory (config.json)")
-    imported.add_argument("--out", required=True, type=Path, help="model directory to write")
-    imported.add_argument("--arch", help="open_clip architecture of a bare checkpoint file, e.g. ViT-B-32")
+    imported.add_argument("--out", required=True, type=Path, metavar="DIR", help="model directory to write")
+    imported.add_argument("--arch", metavar="NAME", help="open_clip architecture of a bare checkpoint file, e.g. ViT-B-32")
     imported.add_argument("--variant", choices=["int8", "float32"], default="int8",
                           help="tower precision (default int8)")
-    imported.add_argument("--id", dest="model_id", help="model id in model.json (default: from the architecture)")
-    imported.add_argument("--version", default="1.0.0", help="model version (default 1.0.0)")
-    imported.add_argument("--licence", help="the weights' licence, as their model page states it (e.g. MIT)")
-    imported.add_argument("--source-url", help="where the weights came from (default: the local path)")
+    imported.add_argument("--id", dest="model_id", metavar="NAME", help="model id in model.json (default: from the architecture)")
+    imported.add_argument("--version", default="1.0.0", metavar="V", help="model version (default 1.0.0)")
+    imported.add_argument("--licence", metavar="TEXT", help="the weights' licence, as their model page states it (e.g. MIT)")
+    imported.add_argument("--source-url", metavar="URL", help="where the weights came from (default: the local path)")
 
     evaluate = commands.add_parser(
         "eval", help="measure a model's text-to-image Recall@1/5/10 on captioned photos")

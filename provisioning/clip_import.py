@@ -73,6 +73,27 @@ class ParityFailed(GlimpseError, RuntimeError):
     """The converted towers or tokenizer do not reproduce the source model."""
 
 
+class HostToolsMissing(GlimpseError, ImportError):
+    """PyTorch, litert-torch or open_clip is not installed (the ``host`` extra)."""
+
+
+def require_host_tools() -> None:
+    """Check that the host tools the import needs are installed, before any work.
+
+    Raises:
+        HostToolsMissing: naming what is missing and how to install it.
+    """
+    import importlib.util
+
+    missing = [name for module, name in (("torch", "torch"), ("litert_torch", "litert-torch"),
+                                         ("open_clip", "open_clip_torch"), ("transformers", "transformers"))
+               if importlib.util.find_spec(module) is None]
+    if missing:
+        raise HostToolsMissing(
+            f"import-model needs the host tools ({', '.join(missing)} missing): install Glimpse with the host "
+            "extra (pip install -e '.[host]'), or run it from .venv-host (make test creates it)")
+
+
 @dataclasses.dataclass
 class ImportOptions:
     """What to import and how.
@@ -237,6 +258,8 @@ def load_source(source: Path, arch: str | None = None) -> LoadedSource:
 def _load_open_clip(source: Path, kind: str, arch: str | None) -> LoadedSource:
     import torch
 
+    from provisioning import clip_towers
+
     open_clip = import_open_clip()
     if kind == "openclip-dir":
         weights = next((source / name for name in OPENCLIP_DIR_WEIGHTS if (source / name).is_file()), None)
@@ -303,7 +326,7 @@ def _load_open_clip(source: Path, kind: str, arch: str | None) -> LoadedSource:
         with torch.no_grad():
             return model.encode_text(torch.as_tensor(ids, dtype=torch.long), normalize=True).numpy()
 
-    source_image = PixelsTo(model.visual, mean, std).eval()
+    source_image = clip_towers.PixelsTo(model.visual, mean, std).eval()
 
     def source_embed_image(pixels):
         with torch.no_grad():
@@ -311,8 +334,8 @@ def _load_open_clip(source: Path, kind: str, arch: str | None) -> LoadedSource:
 
     return LoadedSource(
         kind=kind, arch=arch, weights=weights, model=model,
-        text_tower=OpenClipText(text_module, pool_attr),
-        image_tower=PixelsTo(_reparameterized(model.visual), mean, std),
+        text_tower=clip_towers.OpenClipText(text_module, pool_attr),
+        image_tower=clip_towers.PixelsTo(_reparameterized(model.visual), mean, std),
         tokenizer_json=clip_bpe_tokenizer(tokenizer, max_tokens),
         max_tokens=max_tokens, image_size=size, dim=dim, mean=mean, std=std,
         source_tokenize=source_tokenize, source_embed_text=source_embed_text,
@@ -421,6 +444,8 @@ def _ftfy_like_normalizers() -> list:
 def _load_hf(source: Path) -> LoadedSource:
     import torch
 
+    from provisioning import clip_towers
+
     try:
         from transformers import AutoTokenizer, CLIPModel
         from transformers.utils import logging as hf_logging
@@ -468,7 +493,7 @@ def _load_hf(source: Path) -> LoadedSource:
             out = getattr(out, "pooler_output", out)
             return torch.nn.functional.normalize(out, dim=-1).numpy()
 
-    image_tower = PixelsTo(HfClipImage(model), mean, std).eval()
+    image_tower = clip_towers.PixelsTo(clip_towers.HfClipImage(model), mean, std).eval()
 
     def source_embed_image(pixels):
         with torch.no_grad():
@@ -479,112 +504,10 @@ def _load_hf(source: Path) -> LoadedSource:
                    None) or next(iter(sorted(source.glob("*.safetensors"))), source / "config.json")
     return LoadedSource(
         kind="hf-clip", arch=Path(arch).name or source.name, weights=weights, model=model,
-        text_tower=HfClipText(model), image_tower=image_tower, tokenizer_json=backend.to_str(),
+        text_tower=clip_towers.HfClipText(model), image_tower=image_tower, tokenizer_json=backend.to_str(),
         max_tokens=max_tokens, image_size=size, dim=int(config.projection_dim), mean=mean, std=std,
         source_tokenize=source_tokenize, source_embed_text=source_embed_text,
         source_embed_image=source_embed_image)
-
-
-# --------------------------------------------------------------------------- tower wrappers
-
-def _torch_module():
-    import torch
-
-    return torch.nn.Module
-
-
-def _eot_one_hot(mask, length: int):
-    """One-hot (batch, length) of the end-of-text position: the last position the
-    mask marks, whatever the pad id (0 in open_clip, end-of-text in many HF tokenizers).
-    A one-hot product converts to plain ops every LiteRT build runs."""
-    import torch
-
-    last = mask.to(torch.int32).sum(dim=-1, keepdim=True) - 1
-    positions = torch.arange(length, dtype=torch.int32).unsqueeze(0)
-    return (positions == last).to(torch.float32)
-
-
-class OpenClipText(_torch_module()):
-    """open_clip's text tower on the device's inputs: (ids, mask) int32 -> unit vector.
-
-    open_clip pools the end-of-text token's feature (argmax of the ids); here the
-    mask finds it, so the result does not depend on the pad id, and the projection
-    (linear, so pooling after it is the same) is open_clip's own.
-    """
-
-    def __init__(self, text_module, pool_attr: str):
-        super().__init__()
-        self.text = text_module
-        self.pool_attr = pool_attr
-
-    def forward(self, input_ids, attention_mask):
-        import torch
-
-        saved = getattr(self.text, self.pool_attr)
-        setattr(self.text, self.pool_attr, "none")  # every token's projected feature
-        try:
-            tokens = (self.text(input_ids.long()) if self.pool_attr == "pool_type"
-                      else self.text.encode_text(input_ids.long()))
-        finally:
-            setattr(self.text, self.pool_attr, saved)
-        one_hot = _eot_one_hot(attention_mask, input_ids.shape[-1])
-        pooled = (tokens * one_hot.unsqueeze(-1)).sum(dim=1)
-        return torch.nn.functional.normalize(pooled, dim=-1)
-
-
-class HfClipText(_torch_module()):
-    """A Hugging Face ``CLIPModel``'s text tower on the device's inputs, end-of-text
-    feature found by the mask (HF's own rule, argmax or first end-of-text id, gives
-    the same position for the tokenizer's output)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.text_model = model.text_model
-        self.text_projection = model.text_projection
-
-    def forward(self, input_ids, attention_mask):
-        import torch
-
-        hidden = self.text_model(input_ids=input_ids.long(), attention_mask=attention_mask.long()).last_hidden_state
-        one_hot = _eot_one_hot(attention_mask, input_ids.shape[-1])
-        pooled = (hidden * one_hot.unsqueeze(-1)).sum(dim=1)
-        return torch.nn.functional.normalize(self.text_projection(pooled), dim=-1)
-
-
-class HfClipImage(_torch_module()):
-    """A Hugging Face ``CLIPModel``'s image tower: normalised NCHW pixels -> projected features."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.vision_model = model.vision_model
-        self.visual_projection = model.visual_projection
-
-    def forward(self, pixel_values):
-        return self.visual_projection(self.vision_model(pixel_values=pixel_values).pooler_output)
-
-
-class PixelsTo(_torch_module()):
-    """An image tower on the device's input: NHWC float32 RGB 0..255 -> unit vector,
-    with the model's own mean/std applied inside the graph.
-
-    Args:
-        encoder: module from normalised NCHW pixels to (unnormalised) features.
-        mean, std: per-channel, on the 0..1 scale.
-    """
-
-    def __init__(self, encoder, mean, std):
-        super().__init__()
-        import torch
-
-        self.encoder = encoder
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
-
-    def forward(self, pixels):
-        import torch
-
-        x = (pixels.permute(0, 3, 1, 2) / 255.0 - self.mean) / self.std
-        return torch.nn.functional.normalize(self.encoder(x), dim=-1)
 
 
 # --------------------------------------------------------------------------- the import
@@ -595,10 +518,12 @@ def import_model(options: ImportOptions, log=print) -> ModelSpec:
     Returns the written spec; ``extra['parity']`` holds the minimum cosines.
 
     Raises:
+        HostToolsMissing: PyTorch, litert-torch or open_clip is not installed.
         ModelSourceMissing, ModelSourceInvalid, ArchitectureUnknown: a bad source.
         ParityFailed: the tokenizer or a converted tower does not reproduce the source.
         ValueError: unknown variant.
     """
+    require_host_tools()
     import torch
     from tokenizers import Tokenizer
 
