@@ -89,14 +89,16 @@ def sources(open_clip, tmp_path_factory):
     (mobile / "open_clip_config.json").write_text(json.dumps({"model_cfg": MOBILECLIP_CFG, "preprocess_cfg": {
         "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}}))
     return {"openclip-file": (root / "vit.pt", TINY_VIT), "openclip-dir": (hub, None),
-            "mobileclip-dir": (mobile, None), "hf-clip": (_hf_clip_dir(open_clip, root / "hf-clip"), None)}
+            "mobileclip-dir": (mobile, None), "hf-clip": (_hf_clip_dir(open_clip, root / "hf-clip"), None),
+            "hf-clip-eos": (_hf_clip_dir(open_clip, root / "hf-clip-eos", legacy=False), None)}
 
 
-def _hf_clip_dir(open_clip, path):
+def _hf_clip_dir(open_clip, path, legacy=True):
     """A tiny Hugging Face CLIPModel saved with save_pretrained, with a CLIP tokenizer
-    made from open_clip's BPE file (the vocabulary every CLIP checkpoint uses) and
-    the legacy config openai/clip-vit-base-patch32 has (eos_token_id 2: argmax pooling;
-    the tokenizer pads with end-of-text)."""
+    made from open_clip's BPE file (the vocabulary every CLIP checkpoint uses). The
+    tokenizer pads with end-of-text. ``legacy``: the config openai/clip-vit-base-patch32
+    has (eos_token_id 2, so HF pools at the argmax id); else today's (eos_token_id
+    49407: HF pools at the first end-of-text id)."""
     import torch
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
@@ -111,8 +113,9 @@ def _hf_clip_dir(open_clip, path):
     torch.manual_seed(2)
     config = CLIPConfig(
         text_config={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
-                     "max_position_embeddings": 77, "vocab_size": 49408, "bos_token_id": 0, "eos_token_id": 2,
-                     "pad_token_id": 1},
+                     "max_position_embeddings": 77, "vocab_size": 49408,
+                     **({"bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1} if legacy else
+                        {"bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 49407})},
         vision_config={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
                        "image_size": 32, "patch_size": 8},
         projection_dim=32)
@@ -124,7 +127,7 @@ def _hf_clip_dir(open_clip, path):
 
 
 IMPORTS = [("openclip-file", "float32"), ("openclip-file", "int8"), ("openclip-dir", "int8"),
-           ("hf-clip", "float32"), ("hf-clip", "int8"), ("mobileclip-dir", "float32"), ("mobileclip-dir", "int8")]
+           ("hf-clip", "float32"), ("hf-clip", "int8"), ("hf-clip-eos", "float32"), ("mobileclip-dir", "float32"), ("mobileclip-dir", "int8")]
 
 
 @pytest.fixture(scope="module")
@@ -324,3 +327,21 @@ def test_parity_below_the_floor_is_refused(capsys, sources, tmp_path, monkeypatc
     status, err = _cli_error(capsys, str(path), "--arch", arch, "--variant", "float32", "--out", str(out))
     assert status == 2 and "below the float32 floor 1.01" in err
     assert not (out / "model.json").exists()  # nothing that looks like a usable model is left
+
+
+@pytest.mark.parametrize("name", ["openclip-file", "hf-clip"])
+def test_end_of_text_is_found_by_the_mask_whatever_the_pad_id(imported, loaded, name):
+    # A causal CLIP text tower's end-of-text feature cannot depend on what follows it:
+    # padded with 0 (open_clip) or with end-of-text (HF), the converted tower agrees.
+    from provisioning import default_model
+
+    model = imported(name, "float32")
+    ids, mask = loaded(name).source_tokenize(["a dog on a beach", "Two DOGS playing in the snow!"])
+    runs = []
+    for pad in (0, 49407, 320):
+        padded = np.where(mask == 1, ids, pad).astype(np.int32)
+        runs.append(default_model.run_tflite(model / read_spec(model).text.file,
+                                             [(i[None], m[None].astype(np.int32)) for i, m in zip(padded, mask)]))
+    assert convert.cosine_rows(runs[0], runs[1]).min() >= 0.99999
+    assert convert.cosine_rows(runs[0], runs[2]).min() >= 0.99999
+    assert convert.cosine_rows(runs[0][:1], runs[0][1:])[0] < 0.999  # and the two texts differ
