@@ -533,6 +533,8 @@ def import_model(options: ImportOptions, log=print) -> ModelSpec:
     log(f"loading {options.source}")
     src = load_source(options.source, options.arch)
     log(f"{src.kind} {src.arch}: {src.dim}-d, {src.max_tokens} tokens, {src.image_size} px")
+    if not options.licence:
+        log("warning: no --licence given; the model card will say the licence is unknown")
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
     # A model.json from an earlier import would make a half-written directory look usable.
@@ -579,8 +581,6 @@ def import_model(options: ImportOptions, log=print) -> ModelSpec:
             "(try --variant float32, or report the architecture)")
     default_model.save_reference(out, REFERENCE_TEXTS, ref_text, photo_names, photo_inputs, ref_image)
 
-    if not options.licence:
-        log("warning: no --licence given; the model card says the licence is unknown")
     provenance = {
         "source_kind": src.kind,
         "architecture": src.arch,
