@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ARCHS = ("ViT-B-32", "MobileCLIP-S1", "hf-clip")
+ARCHS = ("ViT-B-32", "MobileCLIP-S1", "MobileCLIP2-S0", "hf-clip")
 
 
 def save_source(arch: str, root: Path) -> tuple[Path, str | None]:
