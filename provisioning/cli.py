@@ -56,12 +56,15 @@ def _parser() -> argparse.ArgumentParser:
                           help="OpenCLIP checkpoint (.pt/.pth/.bin/.safetensors, with --arch), OpenCLIP directory "
                                "(open_clip_config.json) or Hugging Face CLIPModel directory (config.json)")
     imported.add_argument("--out", required=True, type=Path, metavar="DIR", help="model directory to write")
-    imported.add_argument("--arch", metavar="NAME", help="open_clip architecture of a bare checkpoint file, e.g. ViT-B-32")
+    imported.add_argument("--arch", metavar="NAME",
+                          help="open_clip architecture of a bare checkpoint file, e.g. ViT-B-32")
     imported.add_argument("--variant", choices=["int8", "float32"], default="int8",
                           help="tower precision (default int8)")
-    imported.add_argument("--id", dest="model_id", metavar="NAME", help="model id in model.json (default: from the architecture)")
+    imported.add_argument("--id", dest="model_id", metavar="NAME",
+                          help="model id in model.json (default: from the architecture)")
     imported.add_argument("--version", default="1.0.0", metavar="V", help="model version (default 1.0.0)")
-    imported.add_argument("--licence", metavar="TEXT", help="the weights' licence, as their model page states it (e.g. MIT)")
+    imported.add_argument("--licence", metavar="TEXT",
+                          help="the weights' licence, as their model page states it (e.g. MIT)")
     imported.add_argument("--source-url", metavar="URL", help="where the weights came from (default: the local path)")
 
     evaluate = commands.add_parser(
@@ -276,5 +279,5 @@ def _fleet(args) -> int:
     return fleet.run(args.inventory, args.bundle, limit=args.limit, forks=args.forks)
 
 
-_COMMANDS = {"build": _build, "demo": _demo, "model": _model, "import-model": _import_model, "eval": _eval, "wheelhouse": _wheelhouse, "push": _push,
-             "fleet": _fleet}
+_COMMANDS = {"build": _build, "demo": _demo, "model": _model, "eval": _eval, "wheelhouse": _wheelhouse, "push": _push,
+             "fleet": _fleet, "import-model": _import_model}

@@ -306,10 +306,10 @@ def _load_open_clip(source: Path, kind: str, arch: str | None) -> LoadedSource:
     max_tokens = int(tokenizer.context_length)
     text_module = model.text if hasattr(model, "text") else model
     pool_attr = "pool_type" if hasattr(model, "text") else "text_pool_type"
-    if getattr(text_module, pool_attr, None) not in ("argmax", "eos") or getattr(text_module, "cls_emb", None) is not None:
-        raise ModelSourceInvalid(
-            f"{source}: text pooling {getattr(text_module, pool_attr, None)!r} is not CLIP's end-of-text pooling")
-    size = _square(model.visual.image_size if hasattr(model.visual, "image_size") else model_cfg["vision_cfg"]["image_size"])
+    pooling = getattr(text_module, pool_attr, None)
+    if pooling not in ("argmax", "eos") or getattr(text_module, "cls_emb", None) is not None:
+        raise ModelSourceInvalid(f"{source}: text pooling {pooling!r} is not CLIP's end-of-text pooling")
+    size = _square(getattr(model.visual, "image_size", None) or model_cfg["vision_cfg"]["image_size"])
     mean = tuple(float(v) for v in preprocess.get("mean", OPENAI_MEAN))
     std = tuple(float(v) for v in preprocess.get("std", OPENAI_STD))
     dim = int(model_cfg["embed_dim"])
@@ -390,7 +390,8 @@ def clip_bpe_tokenizer(simple_tokenizer, max_tokens: int) -> str:
     from tokenizers.models import BPE
 
     vocab, merges = clip_bpe(simple_tokenizer)
-    sot, eot = simple_tokenizer.decoder[simple_tokenizer.sot_token_id], simple_tokenizer.decoder[simple_tokenizer.eot_token_id]
+    sot = simple_tokenizer.decoder[simple_tokenizer.sot_token_id]
+    eot = simple_tokenizer.decoder[simple_tokenizer.eot_token_id]
     tokenizer = Tokenizer(BPE(vocab=vocab, merges=merges, end_of_word_suffix="</w>", continuing_subword_prefix="",
                               fuse_unk=False))
     tokenizer.normalizer = normalizers.Sequence([

@@ -127,7 +127,8 @@ def _hf_clip_dir(open_clip, path, legacy=True):
 
 
 IMPORTS = [("openclip-file", "float32"), ("openclip-file", "int8"), ("openclip-dir", "int8"),
-           ("hf-clip", "float32"), ("hf-clip", "int8"), ("hf-clip-eos", "float32"), ("mobileclip-dir", "float32"), ("mobileclip-dir", "int8")]
+           ("hf-clip", "float32"), ("hf-clip", "int8"), ("hf-clip-eos", "float32"),
+           ("mobileclip-dir", "float32"), ("mobileclip-dir", "int8")]
 
 
 @pytest.fixture(scope="module")
