@@ -114,7 +114,12 @@ class TextEncoder(_Tower):
         except Exception as exc:  # tokenizers raises its own Exception type
             raise ModelInvalid(f"{model_dir}: cannot load tokenizer: {exc}") from None
         tokenizer.enable_truncation(max_length=spec.text.max_tokens)
-        tokenizer.enable_padding(length=spec.text.max_tokens)
+        # Pad with the tokenizer's own pad token when it names one: a text tower may
+        # attend to the padding (or find its end-of-text by id), so the ids must be
+        # the ones it was trained with (CLIP: 0 in OpenCLIP, end-of-text in many HF models).
+        padding = tokenizer.padding or {}
+        tokenizer.enable_padding(length=spec.text.max_tokens, pad_id=padding.get("pad_id", 0),
+                                 pad_token=padding.get("pad_token", "[PAD]"))
         interpreter = load_interpreter(model_dir / spec.text.file, options.num_threads)
         return cls(spec, interpreter, tokenizer)
 

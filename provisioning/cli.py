@@ -3,6 +3,10 @@
     glimpse-provision build --images DIR --out BUNDLE_DIR [--model DIR] [--index auto|exact|ivfpq] [--force]
     glimpse-provision demo --out BUNDLE_DIR          (scikit-image's photos)
     glimpse-provision model default --out DIR [--variant int8|float32]   (needs PyTorch)
+    glimpse-provision import-model SOURCE --out DIR [--arch NAME] [--variant int8|float32] [--id NAME]
+                      [--version V] [--licence TEXT] [--source-url URL]
+                      a real CLIP model (OpenCLIP checkpoint or directory, Hugging Face CLIPModel
+                      directory) as a Glimpse model directory (needs PyTorch, open_clip)
     glimpse-provision eval --captions FILE --images DIR [--model DIR] [--split NAME] [--limit N] [--json]
                       text-to-image Recall@1/5/10 of a model on captioned photos (COCO JSON, CSV, JSONL)
     glimpse-provision train --captions FILE --images DIR --out MODEL_DIR [--val-split NAME | --val-fraction F]
@@ -53,6 +57,23 @@ def _parser() -> argparse.ArgumentParser:
     model.add_argument("--out", required=True, type=Path, help="model directory to write")
     model.add_argument("--variant", choices=["int8", "float32"], default="int8",
                        help="tower precision (default int8)")
+
+    imported = commands.add_parser(
+        "import-model", help="import a CLIP model from local files: OpenCLIP or Hugging Face (needs the host extra)")
+    imported.add_argument("source", type=Path,
+                          help="OpenCLIP checkpoint (.pt/.pth/.bin/.safetensors, with --arch), OpenCLIP directory "
+                               "(open_clip_config.json) or Hugging Face CLIPModel directory (config.json)")
+    imported.add_argument("--out", required=True, type=Path, metavar="DIR", help="model directory to write")
+    imported.add_argument("--arch", metavar="NAME",
+                          help="open_clip architecture of a bare checkpoint file, e.g. ViT-B-32")
+    imported.add_argument("--variant", choices=["int8", "float32"], default="int8",
+                          help="tower precision (default int8)")
+    imported.add_argument("--id", dest="model_id", metavar="NAME",
+                          help="model id in model.json (default: from the architecture)")
+    imported.add_argument("--version", default="1.0.0", metavar="V", help="model version (default 1.0.0)")
+    imported.add_argument("--licence", metavar="TEXT",
+                          help="the weights' licence, as their model page states it (e.g. MIT)")
+    imported.add_argument("--source-url", metavar="URL", help="where the weights came from (default: the local path)")
 
     evaluate = commands.add_parser(
         "eval", help="measure a model's text-to-image Recall@1/5/10 on captioned photos")
@@ -252,6 +273,17 @@ def _model(args) -> int:
     return 0
 
 
+def _import_model(args) -> int:
+    from provisioning.clip_import import ImportOptions, import_model
+
+    spec = import_model(ImportOptions(source=args.source, out=args.out, arch=args.arch, variant=args.variant,
+                                      model_id=args.model_id, version=args.version, licence=args.licence,
+                                      source_url=args.source_url))
+    print(f"model {spec.full_id} ({spec.quantization}, {spec.dim}-d) in {args.out}; "
+          f"parity {json.dumps(spec.extra['parity'])}")
+    return 0
+
+
 def _eval(args) -> int:
     from provisioning.captions import read_captions
     from provisioning.evaluate import evaluate
@@ -359,4 +391,5 @@ def _export_tasklib(args) -> int:
 
 
 _COMMANDS = {"build": _build, "demo": _demo, "model": _model, "eval": _eval, "wheelhouse": _wheelhouse, "push": _push,
-             "fleet": _fleet, "export-tasklib": _export_tasklib, "train": _train}
+             "fleet": _fleet, "export-tasklib": _export_tasklib, "train": _train,
+             "import-model": _import_model}

@@ -257,14 +257,37 @@ def check_parity(out_dir: Path, text_file: str, image_file: str, text_tower, ima
         ref_image = np.concatenate(
             [image_tower(torch.from_numpy(p[None].astype(np.float32))).numpy() for p in photo_inputs]
         )
-    lite_text = run_tflite(out_dir / text_file, zip(ids, masks))
-    lite_image = run_tflite(out_dir / image_file, [(p[None].astype(np.float32),) for p in photo_inputs])
-    np.savez(out_dir / REFERENCE_FILE, texts=np.asarray(texts), text_embeddings=ref_text,
-             photos=np.asarray(photo_names), photo_inputs=photo_inputs, photo_embeddings=ref_image)
+    save_reference(out_dir, texts, ref_text, photo_names, photo_inputs, ref_image)
+    return tower_parity(out_dir / text_file, out_dir / image_file, ids, masks, ref_text, photo_inputs, ref_image)
+
+
+def tower_parity(text_path: Path, image_path: Path, ids, masks, ref_text, photo_inputs, ref_image) -> dict:
+    """Minimum cosine of each ``.tflite`` tower against PyTorch reference embeddings.
+
+    Args:
+        text_path, image_path: the converted towers.
+        ids, masks: int32 token ids and masks, one (1, max_tokens) array per text.
+        ref_text: PyTorch embeddings of those texts.
+        photo_inputs: uint8 (n, size, size, 3) tower inputs; ref_image: their PyTorch embeddings.
+
+    Returns:
+        ``{"text_min_cosine": ..., "image_min_cosine": ...}``, rounded to 6 places.
+    """
+    lite_text = run_tflite(text_path, zip(ids, masks))
+    lite_image = run_tflite(image_path, [(p[None].astype(np.float32),) for p in photo_inputs])
     return {
         "text_min_cosine": round(float(convert.cosine_rows(lite_text, ref_text).min()), 6),
         "image_min_cosine": round(float(convert.cosine_rows(lite_image, ref_image).min()), 6),
     }
+
+
+def save_reference(out_dir: Path, texts, text_embeddings, photos, photo_inputs, photo_embeddings) -> Path:
+    """Write ``reference.npz``: inputs and PyTorch float32 embeddings that any runtime
+    (``glimpse selftest`` on a Pi) checks itself against."""
+    path = Path(out_dir) / REFERENCE_FILE
+    np.savez(path, texts=np.asarray(texts), text_embeddings=text_embeddings, photos=np.asarray(photos),
+             photo_inputs=photo_inputs, photo_embeddings=photo_embeddings)
+    return path
 
 
 def build(out_dir: Path, variant: str = "int8", log=print) -> ModelSpec:

@@ -119,3 +119,14 @@ def test_python_m_and_console_scripts_share_their_entry_points():
     assert "glimpse = device.cli:main" in scripts
     assert "glimpse-provision = provisioning.cli:main" in scripts
     assert callable(device_cli.main) and callable(provisioning_cli.main)
+
+
+def test_import_model_without_the_host_tools_says_what_to_install(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is not None:
+        pytest.skip("PyTorch is installed here: the host tests cover import-model")
+    proc = run_cli("provisioning", "import-model", str(tmp_path), "--out", str(tmp_path / "m"), check=False)
+    assert proc.returncode == 2
+    assert "needs the host tools" in proc.stderr and ".venv-host" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -74,3 +74,40 @@ def test_image_tower_cannot_be_loaded_as_text_tower(model_dir, tmp_path):
     (broken / "model.json").write_text(json.dumps(spec))
     with pytest.raises(ModelInvalid, match="text tower inputs"):
         TextEncoder.create_from_model_dir(broken)
+
+
+def _with_tokenizer_padding(model_dir, tmp_path, padding):
+    """A copy of the committed model whose tokenizer.json pads as ``padding`` says (None: no padding)."""
+    import json
+    import shutil
+
+    from device.model import sha256_file
+
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    doc = json.loads((copy / "tokenizer.json").read_text(encoding="utf-8"))
+    doc["padding"] = padding
+    (copy / "tokenizer.json").write_text(json.dumps(doc), encoding="utf-8")
+    spec = json.loads((copy / "model.json").read_text(encoding="utf-8"))
+    spec["files"]["tokenizer.json"] = sha256_file(copy / "tokenizer.json")
+    (copy / "model.json").write_text(json.dumps(spec), encoding="utf-8")
+    return copy
+
+
+def test_text_encoder_pads_with_the_tokenizers_own_pad_id(model_dir, tmp_path):
+    # CLIP tokenizers from Hugging Face pad with the end-of-text id, not 0.
+    padding = {"strategy": {"Fixed": 128}, "direction": "Right", "pad_to_multiple_of": None,
+               "pad_id": 102, "pad_type_id": 0, "pad_token": "[SEP]"}
+    with TextEncoder.create_from_model_dir(_with_tokenizer_padding(model_dir, tmp_path, padding)) as encoder:
+        ids, mask = encoder.tokenize("a cat")
+    length = int(mask.sum())
+    assert ids.shape == (1, encoder.spec.text.max_tokens)
+    assert set(ids[0, length:].tolist()) == {102}
+    assert mask[0, length:].sum() == 0
+
+
+def test_text_encoder_pads_with_0_when_the_tokenizer_names_no_padding(model_dir, tmp_path):
+    with TextEncoder.create_from_model_dir(_with_tokenizer_padding(model_dir, tmp_path, None)) as encoder:
+        ids, mask = encoder.tokenize("a cat")
+    assert ids.shape == (1, encoder.spec.text.max_tokens)
+    assert set(ids[0, int(mask.sum()):].tolist()) == {0}
