@@ -34,7 +34,7 @@ import numpy as np
 
 from device.errors import GlimpseError
 from device.model import SPEC_NAME, ImageTowerSpec, ModelSpec, TextTowerSpec, sha256_file, write_spec
-from provisioning import convert, default_model
+from provisioning import convert, default_model, torch_compat
 
 #: Parity floors (minimum cosine against PyTorch float32) per variant.
 PARITY_FLOOR = {"float32": 0.9999, "int8": 0.99}
@@ -156,52 +156,18 @@ class LoadedSource:
 
 
 def import_open_clip():
-    """Import open_clip (and torchvision under it) on a CPU-only PyTorch; returns the module.
+    """Import open_clip (and torchvision under it) on the CPU-only PyTorch; returns the module.
 
-    PyPI's torchvision wheels are CUDA builds: beside the CPU torch wheel their C++
-    extension (``torchvision/_C.so``) cannot load. torchvision then still works in
-    pure Python (transforms, ``ops.misc``: all CLIP needs), except that
-    ``torchvision/_meta_registrations.py`` registers fake kernels for ``nms`` and
-    ``qnms`` without checking that the extension defined them, so ``import
-    torchvision`` fails with "operator torchvision::nms does not exist". When, and
-    only when, the extension is missing, define those two op schemas exactly as its
-    C++ does, so the import succeeds. The ops get no kernel: CLIP never calls them.
+    torchvision's C++ ops do not load beside the CPU torch wheel; ``torch_compat``
+    makes its pure-Python parts, all CLIP needs, importable.
     """
-    import importlib.util
-    import sys
-
-    import torch
-
-    if "torchvision" not in sys.modules and not _torchvision_ops_loadable(importlib.util, torch):
-        library = torch.library.Library("torchvision", "DEF")
-        library.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        library.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        # Registrations last as long as their Library object: keep it for the process.
-        _KEEP_ALIVE.append(library)
+    torch_compat.define_missing_ops()
     with warnings.catch_warnings():
         # Where torchvision.io gets imported, it warns that its image extension (the
-        # same CUDA build) did not load: known, see above, and CLIP decodes no images with it.
+        # same CUDA build) did not load: known, see torch_compat, and CLIP decodes no images with it.
         warnings.filterwarnings("ignore", message="Failed to load image Python extension", category=UserWarning)
         import open_clip
     return open_clip
-
-
-_KEEP_ALIVE: list = []
-
-
-def _torchvision_ops_loadable(importlib_util, torch) -> bool:
-    """True when torchvision's C++ extension exists and loads (so it defines its own ops)."""
-    spec = importlib_util.find_spec("torchvision")
-    if spec is None or not spec.submodule_search_locations:
-        return True  # no torchvision at all: nothing to work around; the import error is clearer
-    for location in spec.submodule_search_locations:
-        for candidate in Path(location).glob("_C*.so"):
-            try:
-                torch.ops.load_library(str(candidate))
-                return True
-            except (OSError, RuntimeError):  # e.g. "libcudart.so.12: cannot open shared object file"
-                return False
-    return False
 
 
 def detect_source(source: Path, arch: str | None) -> str:
