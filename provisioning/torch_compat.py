@@ -40,13 +40,15 @@ def define_missing_ops() -> bool:
         True if the schemas were defined here (the extension is missing or does
         not load), False if there is nothing to work around.
     """
-    if _KEEP_ALIVE or "torchvision" in sys.modules:
-        return False
     spec = importlib.util.find_spec("torchvision")
     if spec is None or not spec.submodule_search_locations:
         return False  # no torchvision at all: the import error is clearer than anything here
+    # Importing torch may itself import torchvision (optional imports in torch's
+    # own modules), which runs this function through the finder: check after it.
     import torch
 
+    if _KEEP_ALIVE or "torchvision" in sys.modules:
+        return False
     for location in spec.submodule_search_locations:
         for candidate in Path(location).glob("_C*.so"):
             try:
