@@ -17,7 +17,8 @@ Glimpse code on the other side:
 
 Only a BERT WordPiece text tower can be fed by the Task Library's
 BertTokenizer, and only a tower whose PyTorch form provisioning can rebuild
-can be re-exported with the third input; anything else is refused with
+(``glimpse-default`` and the models ``glimpse-provision train`` writes) can be
+re-exported with the third input; anything else is refused with
 :class:`~device.errors.ModelUnsupported`.
 """
 
@@ -96,11 +97,28 @@ def require_host_packages() -> None:
                            f"pip install 'glimpse[host]'")
 
 
-def _torch_towers() -> dict:
-    """Model ids whose text tower provisioning can rebuild in PyTorch, and how."""
+def torch_text_tower(spec, model_dir: Path):
+    """The bundle model's text tower rebuilt in PyTorch: ``(mean-pooled MiniLM, head or None)``.
+
+    provisioning can rebuild ``glimpse-default`` and the models ``glimpse-provision
+    train`` writes (MiniLM, any trained layers, the text head).
+
+    Raises:
+        ModelUnsupported: any other model.
+    """
     from provisioning import default_model
 
-    return {default_model.MODEL_ID: default_model.load_text_tower}
+    if spec.id == default_model.MODEL_ID:
+        return default_model.load_text_tower(), None
+    if "text_weights" in spec.extra:
+        from provisioning import train
+
+        tower = train.load_text_export(model_dir, spec)
+        return tower.tower, tower.head
+    raise ModelUnsupported(
+        f"cannot re-export the text tower of {spec.id!r} with the Task Library's three BERT inputs "
+        f"(ids, mask, segment_ids): provisioning rebuilds only {default_model.MODEL_ID} and models "
+        f"made by glimpse-provision train in PyTorch")
 
 
 def wordpiece_vocab(tokenizer_json: Path) -> list[str]:
@@ -134,9 +152,10 @@ def wordpiece_vocab(tokenizer_json: Path) -> list[str]:
     return sorted(vocab, key=vocab.get)
 
 
-def _searcher_tower(tower):
-    """``tower`` (BERT under ``.encoder``, mean-pooled: :func:`default_model.load_text_tower`) as
-    the torch module exported: ids, mask, segment ids in; the embedding out.
+def _searcher_tower(tower, head=None):
+    """``tower`` (BERT under ``.encoder``, mean-pooled: :func:`default_model.load_text_tower`),
+    then ``head`` if any, as the torch module exported: ids, mask, segment ids in; the
+    embedding out.
 
     The attention mask reaches BERT as a ready additive (1, 1, 1, tokens) bias:
     left to transformers, the 2-D mask becomes a boolean gather (GATHER_ND
@@ -145,9 +164,9 @@ def _searcher_tower(tower):
     import torch
 
     class SearcherTower(torch.nn.Module):
-        def __init__(self, inner):
+        def __init__(self, inner, head):
             super().__init__()
-            self.inner = inner
+            self.inner, self.head = inner, head
 
         def forward(self, ids, mask, segment_ids):
             weights = mask.to(torch.float32)
@@ -155,30 +174,28 @@ def _searcher_tower(tower):
             hidden = self.inner.encoder(input_ids=ids, attention_mask=bias,
                                         token_type_ids=segment_ids).last_hidden_state
             pooled = (hidden * weights.unsqueeze(-1)).sum(1) / weights.sum(1, keepdim=True).clamp(min=1e-9)
-            return torch.nn.functional.normalize(pooled, dim=-1)
+            embedding = torch.nn.functional.normalize(pooled, dim=-1)
+            return embedding if self.head is None else self.head(embedding)
 
-    return SearcherTower(tower).eval()
+    return SearcherTower(tower, head).eval()
 
 
-def export_tower(model_id: str, max_tokens: int, variant: str, path: Path) -> Path:
-    """Export the text tower of ``model_id`` with the Task Library's three BERT inputs.
+def export_tower(spec, model_dir: Path, variant: str, path: Path) -> Path:
+    """Export the text tower of the model ``spec`` (in ``model_dir``) with the Task Library's
+    three BERT inputs.
 
     Raises:
         ModelUnsupported: provisioning cannot rebuild this model's tower in PyTorch.
     """
-    loaders = _torch_towers()
-    if model_id not in loaders:
-        raise ModelUnsupported(
-            f"cannot re-export the text tower of {model_id!r} with the Task Library's three BERT inputs "
-            f"(ids, mask, segment_ids): provisioning rebuilds only {', '.join(sorted(loaders))} in PyTorch")
+    tower, head = torch_text_tower(spec, model_dir)
     import torch
 
     from provisioning.convert import export_tflite
 
     # Three distinct tensors: the exporter treats one tensor passed thrice as one
     # input, and the graph would feed the segment ids to all three.
-    samples = tuple(torch.zeros((1, max_tokens), dtype=torch.int32) for _ in INPUT_NAMES)
-    return export_tflite(_searcher_tower(loaders[model_id]()), samples, path, variant)
+    samples = tuple(torch.zeros((1, spec.text.max_tokens), dtype=torch.int32) for _ in INPUT_NAMES)
+    return export_tflite(_searcher_tower(tower, head), samples, path, variant)
 
 
 def tower_parity(searcher_tower: Path, bundle: Bundle, texts: list[str]) -> float:
@@ -256,7 +273,7 @@ def export(options: ExportOptions, log=print) -> dict:
         raise GlimpseError(f"{options.bundle}: the bundle has no photos to search")
     with tempfile.TemporaryDirectory(prefix="glimpse-tasklib-") as tmp:
         log(f"exporting the {spec.full_id} text tower (float32) with inputs ids, mask, segment_ids")
-        tower = export_tower(spec.id, spec.text.max_tokens, TOWER_VARIANT, Path(tmp) / "tower.tflite")
+        tower = export_tower(spec, bundle.model_dir, TOWER_VARIANT, Path(tmp) / "tower.tflite")
         parity = tower_parity(tower, bundle, REFERENCE_TEXTS)
         if parity < MIN_PARITY:
             raise ModelUnsupported(

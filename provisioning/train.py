@@ -96,6 +96,9 @@ KEEP_EPOCH_CHECKPOINTS = 3
 CHECKPOINT_FORMAT = 1
 LAST_CHECKPOINT = "last.pt"
 HISTORY_FILE = "training.json"
+#: What training changed on the text side (the text head and any unfrozen layers), kept
+#: in the model directory so the host can rebuild the text tower in PyTorch (export-tasklib).
+TEXT_WEIGHTS_FILE = "text_weights.safetensors"
 
 
 class TrainInvalid(GlimpseError, ValueError):
@@ -885,13 +888,15 @@ def export(options: TrainOptions, text: TextTower, image: ImageTower, heads: Dua
                                             default_model.REFERENCE_TEXTS, photo_names, photo_inputs)
         log(f"parity ({options.variant} vs PyTorch float32): text {parity['text_min_cosine']:.6f}, "
             f"image {parity['image_min_cosine']:.6f}")
+        save_text_weights(work / TEXT_WEIGHTS_FILE, text, heads.text_head)
         final = result.history[-1]
         training = {**result.data, "history": result.history,
                     "skipped_photos": [{"image": n, "reason": r} for n, r in result.skipped]}
         (work / HISTORY_FILE).write_text(json.dumps(training, indent=1, ensure_ascii=False) + "\n",
                                          encoding="utf-8")
         files = {name: sha256_file(work / name) for name in
-                 (text_file, image_file, default_model.TOKENIZER_FILE, default_model.REFERENCE_FILE, HISTORY_FILE)}
+                 (text_file, image_file, default_model.TOKENIZER_FILE, default_model.REFERENCE_FILE, HISTORY_FILE,
+                  TEXT_WEIGHTS_FILE)}
         spec = ModelSpec(
             id=options.model_id, version=options.model_version, dim=options.dim, distance="cosine",
             quantization=options.variant,
@@ -902,12 +907,52 @@ def export(options: TrainOptions, text: TextTower, image: ImageTower, heads: Dua
                    "metrics": {k: final[k] for k in ("epoch", "loss", *(f"R@{k}" for k in RECALL_AT),
                                                      "median_rank", "temperature")},
                    "parity": parity, "reference": default_model.REFERENCE_FILE, "history": HISTORY_FILE,
+                   "text_weights": TEXT_WEIGHTS_FILE,
                    "licence": "Apache-2.0 towers; trained on the user's data (see MODEL_CARD.md)"},
         )
         write_spec(work, spec)
         (work / default_model.CARD_FILE).write_text(model_card(spec, result), encoding="utf-8")
     log(f"wrote {out}")
     return spec
+
+
+def save_text_weights(path: Path, text: TextTower, head: ProjectionHead) -> Path:
+    """Write what training changed on the text side: ``head.*`` and ``layers.<i>.*``
+    (the unfrozen layers, counted from the first unfrozen one), as safetensors."""
+    from safetensors.torch import save_file
+
+    tensors = {f"head.{k}": v for k, v in head.state_dict().items()}
+    for i, layer in enumerate(text.trainable):
+        tensors.update({f"layers.{i}.{k}": v for k, v in layer.state_dict().items()})
+    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(path))
+    return path
+
+
+def load_text_export(model_dir: Path, spec: ModelSpec) -> TextExport:
+    """The trained text tower of a model this module wrote, rebuilt in PyTorch.
+
+    MiniLM from its package, the unfrozen layers and the text head from
+    ``text_weights.safetensors``.
+
+    Raises:
+        TrainInvalid: the model directory has no (or unreadable) text weights.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    r = spec.extra.get("recipe") or {}
+    path = Path(model_dir) / str(spec.extra.get("text_weights", TEXT_WEIGHTS_FILE))
+    try:
+        tensors = load_file(str(path))
+        text = TextTower(int(r["unfreeze_text"]))
+        head = ProjectionHead(TEXT_DIM, int(r["hidden"]), int(r["dim"]))
+        head.load_state_dict({k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")})
+        for i, layer in enumerate(text.trainable):
+            prefix = f"layers.{i}."
+            layer.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    except (OSError, SafetensorError, KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise TrainInvalid(f"{path}: cannot rebuild the trained text tower: {exc}") from None
+    return TextExport(text, head).eval()
 
 
 def model_card(spec: ModelSpec, result: TrainResult) -> str:

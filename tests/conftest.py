@@ -7,6 +7,7 @@ marked ``pi`` run Glimpse on emulated Raspberry Pi CPUs (``make test-pi``).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -102,3 +103,23 @@ def copy_bundle(bundle_dir, tmp_path):
         shutil.copytree(bundle_dir, dest)
         return dest
     return _copy
+
+
+# The TFLite Task Library (tflite-support 0.4.4) runs in its own environment: it needs
+# protobuf < 4. Host tests ask it questions through tests/tasklib_probe.py.
+
+def tasklib_python() -> Path:
+    """The Python of the tflite-support environment (``make`` creates ``.venv-tasklib``)."""
+    path = Path(os.environ.get("GLIMPSE_TASKLIB_PYTHON") or REPO / ".venv-tasklib" / "bin" / "python")
+    if not path.is_file():
+        pytest.fail(f"no tflite-support environment at {path}: run `make .venv-tasklib/.installed` "
+                    f"(make test-host does) or set GLIMPSE_TASKLIB_PYTHON to its python")
+    return path
+
+
+def tasklib_probe(**request) -> dict:
+    """Ask tests/tasklib_probe.py, under tflite-support's Python, and return its answer."""
+    proc = subprocess.run([str(tasklib_python()), str(REPO / "tests" / "tasklib_probe.py")],
+                          input=json.dumps(request), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"tasklib probe failed:\n{proc.stderr}"
+    return json.loads(proc.stdout)

@@ -12,16 +12,15 @@ The text tower is converted once, by the real CLI, for the whole module.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import run_cli, tasklib_probe as probe
 from device.bundle import MANIFEST, Bundle
 from device.errors import GlimpseError, ModelUnsupported
 from device.model import sha256_file
@@ -36,23 +35,6 @@ QUERIES = ["a cat", "a cup of coffee", "a space launch", "a motorbike", "a man w
 #: The searcher's tower is float32, the bundle's int8 (text parity 0.998): their scores
 #: differ by up to 0.016 on these queries.
 SCORE_TOLERANCE = 0.03
-
-
-def tasklib_python() -> Path:
-    """The Python of the tflite-support environment (``make`` creates ``.venv-tasklib``)."""
-    path = Path(os.environ.get("GLIMPSE_TASKLIB_PYTHON") or REPO / ".venv-tasklib" / "bin" / "python")
-    if not path.is_file():
-        pytest.fail(f"no tflite-support environment at {path}: run `make .venv-tasklib/.installed` "
-                    f"(make test-host does) or set GLIMPSE_TASKLIB_PYTHON to its python")
-    return path
-
-
-def probe(**request) -> dict:
-    """Ask tests/tasklib_probe.py, under tflite-support's Python, and return its answer."""
-    proc = subprocess.run([str(tasklib_python()), str(REPO / "tests" / "tasklib_probe.py")],
-                          input=json.dumps(request), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"tasklib probe failed:\n{proc.stderr}"
-    return json.loads(proc.stdout)
 
 
 @pytest.fixture(scope="module")
@@ -226,9 +208,10 @@ def test_refuses_a_model_the_task_library_cannot_tokenize(demo_bundle, tmp_path)
     assert not (tmp_path / "x.tflite").exists()
 
 
-def test_refuses_a_tower_it_cannot_rebuild():
-    with pytest.raises(ModelUnsupported, match="provisioning rebuilds only glimpse-default in PyTorch"):
-        tasklib.export_tower("my-clip", 77, "float32", Path("unused.tflite"))
+def test_refuses_a_tower_it_cannot_rebuild(demo_bundle):
+    spec = dataclasses.replace(Bundle.open(demo_bundle).spec, id="my-clip")
+    with pytest.raises(ModelUnsupported, match="provisioning rebuilds only glimpse-default and models made by"):
+        tasklib.export_tower(spec, Path("unused"), "float32", Path("unused.tflite"))
 
 
 @pytest.mark.parametrize("args, message", [

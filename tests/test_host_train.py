@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from bench.shapes import draw_photo, make_shapes
-from tests.conftest import REPO, run_cli
+from conftest import REPO, run_cli, tasklib_probe
 
 pytestmark = pytest.mark.host
 
@@ -32,6 +32,7 @@ torch = pytest.importorskip("torch")
 from device import images  # noqa: E402
 from device.encoders import ImageEncoder, TextEncoder  # noqa: E402
 from device.model import read_spec  # noqa: E402
+from device.search import Searcher  # noqa: E402
 from provisioning import convert, default_model, demo, train  # noqa: E402
 
 EPOCHS = 12
@@ -232,6 +233,29 @@ def test_build_and_eval_work_with_the_trained_model(trained, shapes, tmp_path):
     proc = run_cli("device", "search", "a blue circle on a white background", "--bundle", str(bundle),
                    "-k", "3", "--json")
     assert "blue-circle-white-0.jpg" in [hit["path"] for hit in json.loads(proc.stdout)]
+
+
+def test_a_bundle_of_the_trained_model_exports_to_the_task_library(trained, shapes, tmp_path):
+    # train -> build -> export-tasklib: the Task Library's TextSearcher finds what Glimpse finds.
+    out, _ = trained
+    bundle = tmp_path / "bundle"
+    run_cli("provisioning", "build", "--images", str(shapes / "images"), "--out", str(bundle),
+            "--model", str(out), "--quiet")
+    searcher = tmp_path / "shapes-searcher.tflite"
+    proc = run_cli("provisioning", "export-tasklib", "--bundle", str(bundle), "--out", str(searcher))
+    assert "model shapes@0.1.0" in proc.stdout
+    queries = ["a blue circle on a white background", "a red square", "a green triangle against a blue sky"]
+    with Searcher.from_bundle(bundle) as glimpse:
+        ours = [[r.item.path for r in glimpse.search(q, k=5)] for q in queries]
+    theirs = tasklib_probe(do="search", model=str(searcher), queries=queries, max_results=5)["results"]
+    for query, glimpse_top5, found in zip(queries, ours, theirs):
+        print(f"\n{query}\n  Glimpse:      {glimpse_top5}\n  Task Library: {[n['metadata'] for n in found]}")
+    # The searcher's tower is float32, the bundle's int8: near-ties may swap, so compare the top 3 in
+    # order and the top 5 as sets.
+    for query, glimpse_top5, found in zip(queries, ours, theirs):
+        paths = [n["metadata"] for n in found]
+        assert paths[:3] == glimpse_top5[:3], query
+        assert len(set(paths) & set(glimpse_top5)) >= 4, query
 
 
 def test_the_same_seed_gives_the_same_weights_another_seed_others(shapes, cache_dir, tmp_path):
