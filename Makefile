@@ -78,7 +78,7 @@ $(TASKLIB_VENV)/.installed:
 	touch $@
 
 # Host tests live in tests/test_host_*.py: the host venv has PyTorch but not the device extras
-# (test-device leaves those files out: some import torch at collection).
+# (test-device and test-pi leave those files out: some import torch at collection).
 test-host: $(HOST_VENV)/.installed $(TASKLIB_VENV)/.installed system-deps
 	$(HOST_VENV)/bin/python -m pytest -m host tests/test_host_*.py $(PYTEST_ARGS)
 
@@ -86,7 +86,7 @@ test-host: $(HOST_VENV)/.installed $(TASKLIB_VENV)/.installed system-deps
 # filesystems (cached in $(PI_CACHE)), the wheelhouse installed into them, Glimpse run
 # under QEMU with the Pi 4's and Pi 3's CPU models. Failures are failures, not skips.
 test-pi: $(VENV)/.installed-test pi-tools
-	GLIMPSE_PI_REQUIRED=1 GLIMPSE_PI_CACHE=$(PI_CACHE) $(VENV)/bin/python -m pytest -m pi $(PYTEST_ARGS)
+	GLIMPSE_PI_REQUIRED=1 GLIMPSE_PI_CACHE=$(PI_CACHE) $(VENV)/bin/python -m pytest -m pi --ignore-glob="tests/test_host_*" $(PYTEST_ARGS)
 
 # debootstrap and QEMU user-mode emulation (no binfmt_misc needed), from Debian's packages.
 pi-tools:
