@@ -98,7 +98,7 @@ class Daemon:
 
     def _install(self, searcher: Searcher) -> None:
         if self.delta is not None:
-            model = searcher.bundle.spec.full_id
+            model = searcher.bundle.spec.embedding_key
             if model != self.delta.model:  # a bundle with another model: added photos are embedded again
                 requeued = self.ingest_store.requeue_other_models(model)
                 log.info("new model %s: %d added photos queued to be embedded again", model, requeued)
@@ -180,7 +180,7 @@ class Daemon:
         except (OSError, sqlite3.Error) as exc:
             log.warning("adding photos on the device is off: cannot use %s: %s", self.settings.data_dir, exc)
             return False
-        model = self.searcher.bundle.spec.full_id
+        model = self.searcher.bundle.spec.embedding_key
         requeued = self.ingest_store.requeue_other_models(model)
         if requeued:
             log.info("%d added photos queued to be embedded with %s", requeued, model)
@@ -201,7 +201,8 @@ class Daemon:
 
         with self._encoder_lock:
             bundle = self.searcher.bundle
-            if self._image_encoder is None or self._image_encoder.spec.full_id != bundle.spec.full_id:
+            if (self._image_encoder is None
+                    or self._image_encoder.spec.embedding_key != bundle.spec.embedding_key):
                 self._image_encoder = ImageEncoder.create_from_options(
                     EncoderOptions(model_dir=bundle.model_dir, num_threads=1, verify=False))
             return self._image_encoder

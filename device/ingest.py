@@ -397,7 +397,7 @@ class Ingestor:
         vector = encoder.embed_image(photo.image)
         thumb = images.rendition(photo.image, self.thumb_size)
         preview = images.rendition(photo.image, self.preview_size) if self.preview_size else None
-        self.store.mark_ready(ident, encoder.spec.full_id, vector, photo, thumb, preview)
+        self.store.mark_ready(ident, encoder.spec.embedding_key, vector, photo, thumb, preview)
         self.processed += 1
         self._on_ready()
         return True

@@ -70,6 +70,17 @@ class ModelSpec:
         """``id@version``, the string results and bundles carry."""
         return f"{self.id}@{self.version}"
 
+    @property
+    def embedding_key(self) -> str:
+        """What photo embeddings depend on: ``id@version`` and the image tower's sha256.
+
+        Stored photo vectors (the host's build cache, photos added on the device)
+        are reused only under the same key, so a model rebuilt or retrained under
+        an unchanged id and version (``glimpse-trained@1.0.0`` twice) embeds again
+        instead of mixing two embedding spaces.
+        """
+        return f"{self.full_id}#{self.files[self.image.file][:16]}"
+
     def to_json(self) -> dict:
         """The ``model.json`` document for this spec."""
         doc = {

@@ -197,7 +197,7 @@ def build(options: BuildOptions) -> dict:
     spec = read_spec(model_dir)  # verifies every model file once, here
 
     cache_dir = Path(options.cache_dir) if options.cache_dir else default_cache_dir()
-    cache = BuildCache(cache_dir, spec.full_id) if options.use_cache else None
+    cache = BuildCache(cache_dir, spec.embedding_key) if options.use_cache else None
     hashes = HashCache(cache_dir) if options.use_cache else None
     photos, others = walk(root)
     skipped = [{"path": p.relative_to(root).as_posix(), "reason": "not a photo file type"} for p in others]

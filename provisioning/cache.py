@@ -1,7 +1,8 @@
 """The build cache: what a rebuild need not compute again.
 
 Keyed by the photo's content hash, so renaming or moving a photo costs
-nothing, and by the model's full id, so a new model re-embeds everything:
+nothing, and by the model's embedding key (``id@version`` and its image tower's
+sha256), so a new model, or one rebuilt under the same name, re-embeds everything:
 
 * embeddings and photo facts (size, EXIF date) in SQLite (WAL mode),
   committed every few photos, so a build killed half-way resumes where it stopped;
@@ -57,7 +58,8 @@ class BuildCache:
 
     Args:
         directory: the cache directory (created if missing).
-        model_id: the model's full id (``id@version``); other models' entries are ignored.
+        model_id: the model's :attr:`~device.model.ModelSpec.embedding_key` (``id@version`` and its
+            image tower's sha256); other models' entries are ignored.
     """
 
     def __init__(self, directory: Path, model_id: str):

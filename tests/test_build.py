@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from device.bundle import Bundle
+from device.model import default_model_dir, sha256_file
 from provisioning import demo
 from conftest import REPO, run_cli
 
@@ -120,6 +121,29 @@ def _library_of(root, count, start=0):
         box = (i % 7 * 5, i % 5 * 5, img.width - i % 11 * 5, img.height - i % 13 * 5)
         img.crop(box).resize((200, 150)).save(root / f"photo-{i:04d}.jpg", quality=80)
     return root
+
+
+def test_a_model_rebuilt_under_the_same_name_does_not_reuse_cached_embeddings(tmp_path):
+    # A retrained or rebuilt model keeps its id@version (glimpse-trained@1.0.0 twice): the
+    # cache must not hand it the other tower's vectors. Its image tower differs here only by
+    # trailing bytes the runtime ignores, which is enough to change its sha256.
+    library = _library_of(tmp_path / "lib", 4)
+    cache = tmp_path / "cache"
+    rebuilt = tmp_path / "rebuilt-model"
+    shutil.copytree(default_model_dir(), rebuilt)
+    spec = json.loads((rebuilt / "model.json").read_text())
+    tower = rebuilt / spec["image"]["file"]
+    tower.write_bytes(tower.read_bytes() + bytes(16))
+    spec["files"][spec["image"]["file"]] = sha256_file(tower)
+    (rebuilt / "model.json").write_text(json.dumps(spec))
+    runs = []
+    for model in (default_model_dir(), rebuilt, rebuilt):
+        runs.append(run_cli("provisioning", "build", "--images", str(library), "--out", str(tmp_path / f"b{len(runs)}"),
+                            "--quiet", "--cache-dir", str(cache), "--model", str(model)).stdout)
+    assert "4 embedded, 0 from the cache" in runs[0]
+    assert "4 embedded, 0 from the cache" in runs[1]  # same id@version, another tower
+    assert "0 embedded, 4 from the cache" in runs[2]  # the same tower again
+    assert Bundle.open(tmp_path / "b1").spec.full_id == Bundle.open(tmp_path / "b0").spec.full_id
 
 
 def test_a_rebuild_embeds_only_new_photos(tmp_path):

@@ -63,7 +63,7 @@ def test_upload_is_stored_durably_and_queued_once(store):
 
 def test_worker_embeds_and_the_delta_layer_searches(store, encoder, bundle_dir):
     added = store.add_upload("coffee.jpg", photo_bytes())
-    delta = DeltaLayer(store, encoder.spec.full_id)
+    delta = DeltaLayer(store, encoder.spec.embedding_key)
     worker = Ingestor(store, lambda: encoder, delta.refresh)
     assert worker.process(*store.next_queued()[0])
     assert store.counts() == {"queued": 0, "ready": 1, "failed": 0, "last_failure": None}
@@ -98,7 +98,7 @@ def test_unreadable_upload_is_marked_failed_with_a_reason(store, encoder):
 def test_a_new_model_queues_added_photos_again(store, encoder):
     store.add_upload("coffee.jpg", photo_bytes())
     Ingestor(store, lambda: encoder, lambda: None).process(*store.next_queued()[0])
-    assert store.requeue_other_models(encoder.spec.full_id) == 0
+    assert store.requeue_other_models(encoder.spec.embedding_key) == 0
     assert store.requeue_other_models("another-model@2") == 1
     assert store.counts()["queued"] == 1
 
@@ -124,7 +124,7 @@ def test_watched_folder_adds_follows_moves_and_forgets_deletions(store, encoder,
     Ingestor(store, lambda: encoder, lambda: None).process(*store.next_queued()[0])
     (folder / "trip" / "coffee.jpg").rename(folder / "coffee-moved.jpg")
     watcher.scan()
-    delta = DeltaLayer(store, encoder.spec.full_id)
+    delta = DeltaLayer(store, encoder.spec.embedding_key)
     assert delta.item(ident).path == "watched/coffee-moved.jpg"
     (folder / "coffee-moved.jpg").unlink()
     watcher.scan()

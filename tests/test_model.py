@@ -56,6 +56,16 @@ def test_read_spec_of_the_committed_model(model_copy):
     assert "format" not in spec.extra and "files" not in spec.extra
 
 
+def test_embedding_key_names_the_image_tower_not_only_the_version(model_copy):
+    spec = read_spec(model_copy)
+    assert spec.embedding_key == f"{spec.full_id}#{spec.files[spec.image.file][:16]}"
+    other_text = dataclasses.replace(spec, files={**spec.files, spec.text.file: "0" * 64})
+    other_image = dataclasses.replace(spec, files={**spec.files, spec.image.file: "0" * 64})
+    # Photo vectors come from the image tower alone: a new text tower keeps them, a new image tower does not.
+    assert other_text.embedding_key == spec.embedding_key
+    assert other_image.embedding_key != spec.embedding_key and other_image.full_id == spec.full_id
+
+
 def test_the_committed_model_itself_verifies(model_dir):
     assert read_spec(model_dir).id == "glimpse-default"
 
