@@ -88,7 +88,8 @@ MAX_LOGIT_SCALE = math.log(100.0)
 #: depthwise convolutions stay float32: their int8 kernels moved the trained
 #: image embeddings to cosine 0.92 of PyTorch on drawn shapes and 0.989 on
 #: photographs; without them 0.990 and 0.997, for 0.4 MB more (5.0 MB in all).
-IMAGE_INT8_OPS = ("CONV_2D", "FULLY_CONNECTED")
+#: The default model's recipe since 1.1.0, so both are built alike.
+IMAGE_INT8_OPS = tuple(default_model.RECIPE["image_int8_ops"])
 #: Inputs run through a frozen tower at once when filling the cache.
 FEATURE_BATCH = 32
 #: Per-epoch checkpoint files kept besides ``last.pt``.

@@ -53,7 +53,7 @@ def test_open_full_and_quick(bundle_dir):
         assert len(opened) == 8
         assert opened.manifest["item_count"] == 8
         assert opened.id == opened.manifest["bundle_id"]
-        assert opened.spec.full_id == "glimpse-default@1.0.0"
+        assert opened.spec.full_id == "glimpse-default@1.1.0"
         assert opened.model_dir == bundle_dir.resolve() / "model"
 
 
@@ -328,7 +328,7 @@ def test_manifest_names_another_model(copy_bundle):
     manifest = _manifest(path)
     manifest["model"]["version"] = "2.0.0"
     _write_manifest(path, manifest)
-    with pytest.raises(BundleInvalid, match=r"manifest names model glimpse-default@2\.0\.0 but the bundle holds glimpse-default@1\.0\.0"):
+    with pytest.raises(BundleInvalid, match=r"manifest names model glimpse-default@2\.0\.0 but the bundle holds glimpse-default@1\.1\.0"):
         Bundle.open(path)
 
 

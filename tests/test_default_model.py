@@ -16,7 +16,7 @@ from device.model import read_spec
 
 def test_committed_model_spec_is_intact(model_dir):
     spec = read_spec(model_dir)  # checks every sha256
-    assert spec.full_id == "glimpse-default@1.0.0"
+    assert spec.full_id == "glimpse-default@1.1.0"
     assert spec.dim == 384 and spec.quantization == "int8"
     assert spec.extra["parity"]["text_min_cosine"] >= 0.99
     assert spec.extra["parity"]["image_min_cosine"] >= 0.99
