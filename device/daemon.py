@@ -302,9 +302,12 @@ class Daemon:
         thread.start()
         host, port = server.bind_addr[:2]
         url = f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+        # The light shows "ready" before systemd (and /api/status) hear so: handled here,
+        # not left to the loop's first tick, which raced the first status request.
+        self.panel.post("ready")
+        self.panel.tick()
         self.notifier.ready(f"serving {self.searcher.bundle.id} at {url}")
         print(f"Glimpse is serving {len(self.searcher.bundle)} photos at {url}", flush=True)
-        self.panel.post("ready")
         status = 0
         last_ping = 0.0
         try:
