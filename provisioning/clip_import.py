@@ -34,7 +34,7 @@ import numpy as np
 
 from device.errors import GlimpseError
 from device.model import SPEC_NAME, ImageTowerSpec, ModelSpec, TextTowerSpec, sha256_file, write_spec
-from provisioning import convert, default_model, torch_compat
+from provisioning import convert, default_model
 
 #: Parity floors (minimum cosine against PyTorch float32) per variant.
 PARITY_FLOOR = {"float32": 0.9999, "int8": 0.99}
@@ -158,10 +158,10 @@ class LoadedSource:
 def import_open_clip():
     """Import open_clip (and torchvision under it) on the CPU-only PyTorch; returns the module.
 
-    torchvision's C++ ops do not load beside the CPU torch wheel; ``torch_compat``
-    makes its pure-Python parts, all CLIP needs, importable.
+    torchvision's C++ ops do not load beside the CPU torch wheel; the finder
+    ``provisioning.torch_compat`` installs makes its pure-Python parts, all CLIP
+    needs, importable when open_clip imports it.
     """
-    torch_compat.define_missing_ops()
     with warnings.catch_warnings():
         # Where torchvision.io gets imported, it warns that its image extension (the
         # same CUDA build) did not load: known, see torch_compat, and CLIP decodes no images with it.
