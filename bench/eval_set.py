@@ -58,11 +58,13 @@ def _locate(entry: dict) -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / entry["path"]
 
 
-def photos(verify: bool = True) -> list[EvalPhoto]:
+def photos(verify: bool = True, available_only: bool = False) -> list[EvalPhoto]:
     """Every photo of the set, found in its installed package.
 
     Args:
         verify: check each file's sha256 against the manifest.
+        available_only: leave out photos whose package is not installed instead of
+            raising (for timing runs in an environment that lacks some packages).
 
     Raises:
         PhotoMissing: a photo's package is not installed or its file differs
@@ -71,7 +73,12 @@ def photos(verify: bool = True) -> list[EvalPhoto]:
     manifest = json.loads((EVAL_DIR / "photos.json").read_text(encoding="utf-8"))
     out = []
     for entry in manifest["photos"]:
-        path = _locate(entry)
+        try:
+            path = _locate(entry)
+        except PhotoMissing:
+            if available_only:
+                continue
+            raise
         if not path.is_file():
             raise PhotoMissing(f"{entry['id']}: {path} not found ({entry['package']}); run make eval-deps")
         if verify:
