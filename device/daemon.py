@@ -278,19 +278,17 @@ class Daemon:
             self.panel = None
 
     def _serve(self, wake: threading.Event) -> int:
-        from cheroot import wsgi
-
+        from device.server import HttpServer, ServerLimits
         from device.web import create_app
 
         self.load()
         self.start_ingest()
         settings = self.settings
-        # A deep listen backlog: with the default of 5, a burst of new connections
+        # A deep listen backlog: with a default of 5, a burst of new connections
         # overflows it and clients stall a whole SYN retransmit (1 s).
-        server = wsgi.Server((settings.host, settings.port), create_app(self), numthreads=settings.threads,
-                             server_name="glimpse", shutdown_timeout=settings.shutdown_timeout,
-                             request_queue_size=128)
-        server.prepare()  # binds and listens: from here a request can be answered
+        server = HttpServer(create_app(self), settings.host, settings.port, threads=settings.threads,
+                            limits=ServerLimits.from_settings(settings), backlog=128)
+        # Bound and listening: from here a request can be answered.
         requests = {"stop": False, "reload": False}
 
         def _on_signal(signum, frame):
@@ -341,7 +339,7 @@ class Daemon:
             self._stopping.set()
             self.notifier.stopping()
             log.info("stopping: finishing requests in flight (up to %ss)", settings.shutdown_timeout)
-            server.stop()  # closes the socket, waits for worker threads to finish
+            server.stop(settings.shutdown_timeout)  # closes the socket, lets requests in flight finish
             thread.join(timeout=settings.shutdown_timeout + 5)
             if self.ingestor:
                 self.ingestor.stop()  # finishes the photo in hand; queued ones wait for the next start

@@ -113,6 +113,25 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("host", "127.0.0.1", "str", "Address the web server listens on (0.0.0.0 for the whole network)."),
     Setting("port", 8080, "int", "TCP port of the web server.", minimum=1, maximum=65535),
     Setting("threads", 4, "int", "Request threads; 2-4 suit a Raspberry Pi's 4 cores.", minimum=1, maximum=64),
+    # Limits of the web server (device/server.py): a client on the LAN can neither
+    # exhaust memory with a huge request nor hold the request threads by sending slowly.
+    Setting("max_request_line", 8192, "int",
+            "Longest request line (method and URL) in bytes; longer ones get 414. "
+            "Leave room for max_query_chars percent-encoded (up to 12 bytes a character).",
+            minimum=1024, maximum=1_048_576),
+    Setting("max_request_headers", 32768, "int",
+            "Most bytes of the request line and header fields together; more get 431.",
+            minimum=4096, maximum=1_048_576),
+    Setting("max_connections", 100, "int",
+            "Open client connections; more wait in the listen queue until one closes.",
+            minimum=8, maximum=1000),
+    Setting("request_header_timeout", 15.0, "float",
+            "Seconds a client has from the first byte of a request to the end of its headers; "
+            "then the connection is closed (slow clients cannot keep it).",
+            minimum=1.0, maximum=300.0),
+    Setting("client_timeout", 60.0, "float",
+            "Seconds a connection may stay silent (idle keep-alive, a stalled upload) before it is closed.",
+            minimum=1.0, maximum=3600.0),
     Setting("model_threads", 1, "int", "Threads of the text tower's interpreter.", minimum=1, maximum=16),
     Setting("verify", "quick", "str",
             "Bundle check at start-up: quick hashes all but thumbnails, previews and embeddings "
@@ -179,7 +198,8 @@ SETTINGS: tuple[Setting, ...] = (
             "A folder to watch for new photos (a USB stick's mount point, a network share); empty: none."),
     Setting("watch_interval", 10.0, "float", "Seconds between two scans of the watched folder.",
             minimum=1.0, maximum=3600.0),
-    Setting("max_upload_mb", 50, "int", "Largest upload accepted, in megabytes (all files of one request).",
+    Setting("max_upload_mb", 50, "int",
+            "Largest request body accepted, in megabytes (all files of one upload); larger ones get 413.",
             minimum=1, maximum=2048),
     Setting("ingest_queue_max", 1000, "int",
             "Photos waiting to be embedded before uploads are refused with 503 (try again later).",

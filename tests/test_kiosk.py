@@ -87,10 +87,9 @@ def test_kiosk_bad_parameters_show_the_reason(client, url, reason):
 
 @pytest.fixture(scope="module")
 def server(daemon):
-    from cheroot import wsgi
+    from device.server import HttpServer
 
-    server = wsgi.Server(("127.0.0.1", 0), create_app(daemon), numthreads=4)
-    server.prepare()
+    server = HttpServer(create_app(daemon), "127.0.0.1", 0, threads=4)
     thread = threading.Thread(target=server.serve, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.bind_addr[1]}"

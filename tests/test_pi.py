@@ -38,10 +38,10 @@ QUERIES = ["a cup of coffee", "a cat", "a space launch", "a motorbike", "coins",
 PHOTO = "kitchen/coffee.png"
 MIN_COSINE = 0.99
 #: What a Pi needs beyond Glimpse itself (the device extra and install_requires).
-DEVICE_PACKAGES = {"ai-edge-litert", "numpy", "tokenizers", "pillow", "pillow-heif", "flask", "cheroot",
+DEVICE_PACKAGES = {"ai-edge-litert", "numpy", "tokenizers", "pillow", "pillow-heif", "flask", "waitress",
                    "prometheus-client", "gpiozero"}
 ARTIFACTS = REPO / "tests" / "artifacts" / "pi"
-STALE_WHEEL = "cheroot-8.0.0-py3-none-any.whl"
+STALE_WHEEL = "waitress-2.0.0-py3-none-any.whl"
 
 
 def _unavailable(reason: str):
@@ -78,7 +78,7 @@ def wheelhouse(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheelhouse") / "wheels"
     out.mkdir()
     # An old release left by an earlier run: refreshing in place must drop it.
-    (out / STALE_WHEEL).write_bytes(b"an older cheroot")
+    (out / STALE_WHEEL).write_bytes(b"an older waitress")
     proc = run_cli("provisioning", "wheelhouse", "--platform", "linux_aarch64", "--python", "3.11",
                    "--python", "3.13", "--out", str(out), check=False, timeout=1800)
     if proc.returncode != 0:

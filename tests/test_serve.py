@@ -1,4 +1,4 @@
-"""``glimpse serve`` as a real process behind cheroot, on loopback."""
+"""``glimpse serve`` as a real process behind the real WSGI server (waitress), on loopback."""
 
 from __future__ import annotations
 
