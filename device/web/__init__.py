@@ -367,7 +367,7 @@ def create_app(daemon) -> Flask:
     def _show(fields) -> dict:
         """Put what ``fields`` name on the screen; what the API answers."""
         fields = {k: v for k, v in fields.items() if v not in (None, "")}
-        unknown = set(fields) - {"q", "folder", "from", "to", "min_score", "similar", "id", CSRF_FIELD, "token"}
+        unknown = set(fields) - {"q", "folder", "from", "to", "min_score", "similar", "id"}
         if unknown:
             raise QueryInvalid(f"unknown field(s) {', '.join(sorted(unknown))}: send q (with folder, from, to, "
                                "min_score), similar or id")
@@ -402,7 +402,10 @@ def create_app(daemon) -> Flask:
         refusal = _admin_refusal(settings)
         if refusal:
             return _error_page(refusal[0], refusal[1])
-        shown = _show(request.form.to_dict(flat=True))
+        fields = request.form.to_dict(flat=True)
+        for checked in (CSRF_FIELD, "token"):  # checked already, not part of what to show
+            fields.pop(checked, None)
+        shown = _show(fields)
         return render_template("shown.html", shown=shown, back=_back_link(request.form), version=__version__,
                                query="")
 
