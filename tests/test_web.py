@@ -211,6 +211,8 @@ def _reloads(daemon) -> float:
     ({}, {"data": '{"bundle": "x"}', "content_type": "text/plain"}),
     ({}, {"data": {"bundle": "x"}, "content_type": "application/x-www-form-urlencoded"}),
     ({}, {"data": {}, "content_type": "multipart/form-data"}),
+    # Basic credentials a browser remembers for a site are sent with a forged form too.
+    ({"Authorization": "Basic dXNlcjpwYXNz"}, {"data": {}, "content_type": "multipart/form-data"}),
 ])
 def test_a_page_of_another_site_cannot_reload_even_from_this_device(fresh, headers, kwargs):
     daemon, client = fresh

@@ -599,8 +599,8 @@ def _check_forgery(settings) -> None:
     form or ``fetch`` can send without a CORS preflight (a form, multipart or
     text/plain) must also carry the CSRF token (the ``csrf_token`` field or an
     ``X-CSRF-Token`` header equal to the ``glimpse_csrf`` cookie), or a header only
-    a non-browser client or a same-site script can send (``Authorization`` or
-    ``X-Glimpse-Client``). JSON bodies need a preflight cross-site, so are safe.
+    a non-browser client or a same-site script can send (``Authorization: Bearer``
+    or ``X-Glimpse-Client``). JSON bodies need a preflight cross-site, so are safe.
 
     Raises:
         Forbidden: the request failed either check (a 403 saying why).
@@ -613,7 +613,9 @@ def _check_forgery(settings) -> None:
                                "use the appliance's own pages (set trusted_hosts for other names of it)")
     if request.mimetype not in SIMPLE_BODIES and not (request.content_length and not request.mimetype):
         return
-    if "Authorization" in request.headers or CLIENT_HEADER in request.headers:
+    # A Bearer token is never added by a browser on its own (Basic credentials can be).
+    bearer = request.headers.get("Authorization", "").partition(" ")[0].lower() == "bearer"
+    if bearer or CLIENT_HEADER in request.headers:
         return
     cookie = request.cookies.get(CSRF_COOKIE, "")
     sent = request.headers.get("X-CSRF-Token") or request.form.get(CSRF_FIELD, "")
