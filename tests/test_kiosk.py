@@ -77,6 +77,18 @@ def test_other_peoples_searches_do_not_take_over_the_kiosk(client, daemon):
                                                                      before["title"])
 
 
+@pytest.mark.parametrize("headers", [{"Sec-Fetch-Site": "cross-site"}, {"Referer": "http://evil.example/"},
+                                     {"Sec-Fetch-Site": "same-site", "Referer": "http://localhost/"}])
+def test_a_page_of_another_site_cannot_choose_what_the_screen_shows(client, daemon, headers):
+    before = daemon.slideshow.snapshot().generation
+    page = client.get("/kiosk?q=a+cat", headers=headers)
+    assert page.status_code == 403 and "another site" in page.get_data(as_text=True)
+    assert daemon.slideshow.snapshot().generation == before
+    # Opened directly (the kiosk unit, or someone typing the address), it does.
+    assert client.get("/kiosk?q=a+cat", headers={"Sec-Fetch-Site": "none"}).status_code == 200
+    assert daemon.slideshow.snapshot().query == "a cat"
+
+
 def test_kiosk_api_follows_what_is_shown_and_presses(client, daemon):
     assert client.post("/api/admin/show", json={"q": "space"}).status_code == 200  # "Show on the screen"
     body = client.get("/api/kiosk").get_json()

@@ -339,6 +339,9 @@ def create_app(daemon) -> Flask:
         try:
             interval = _interval()
             if query.strip():  # the screen's own query (the kiosk unit's URL)
+                if _from_another_site(settings):  # a GET, but it changes what the screen shows
+                    abort(403, description="refused: a page of another site cannot change what the screen "
+                                           "shows; open /kiosk?q=... yourself")
                 daemon.show(query, filters=_filters())
         except QueryInvalid as exc:
             error, interval = str(exc), settings.kiosk_interval
@@ -591,6 +594,15 @@ def _own_origin(source: str, settings) -> bool:
         return host in _own_hosts(settings) or host.endswith(".localhost")
 
 
+def _from_another_site(settings) -> bool:
+    """Whether the browser says a page of another site sent this request
+    (``Sec-Fetch-Site``, else ``Origin`` or ``Referer``); ``False`` when nothing says so."""
+    if request.headers.get("Sec-Fetch-Site", "").lower() in ("cross-site", "same-site"):
+        return True
+    source = request.headers.get("Origin") or request.headers.get("Referer")
+    return source is not None and not _own_origin(source, settings)
+
+
 def _check_forgery(settings) -> None:
     """Refuse a state-changing request a page of another site could have made.
 
@@ -607,8 +619,8 @@ def _check_forgery(settings) -> None:
     """
     if request.method not in UNSAFE_METHODS:
         return
-    source = request.headers.get("Origin") or request.headers.get("Referer")
-    if source is not None and not _own_origin(source, settings):
+    if _from_another_site(settings):
+        source = request.headers.get("Origin") or request.headers.get("Referer") or "Sec-Fetch-Site"
         abort(403, description=f"refused: this request came from a page of another site ({source[:100]}); "
                                "use the appliance's own pages (set trusted_hosts for other names of it)")
     if request.mimetype not in SIMPLE_BODIES and not (request.content_length and not request.mimetype):
