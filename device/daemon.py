@@ -204,8 +204,8 @@ class Daemon:
     def _reload_logged(self) -> None:
         try:
             self.reload()
-        except GlimpseError:
-            pass  # logged by reload(); the old bundle keeps serving
+        except Exception:  # noqa: BLE001 - logged (with its traceback if unforeseen) by reload()
+            pass  # the old bundle keeps serving
 
     def start_ingest(self) -> bool:
         """Open the ingest store and start the worker (and the folder watcher), as the settings say.
