@@ -149,7 +149,10 @@ def _call_daemon(args, path: str, body: bytes | None = None, content_type: str =
     import urllib.request
 
     url = _daemon_url(args, path)
-    request = urllib.request.Request(url, data=body, method=method, headers={"Content-Type": content_type})
+    # X-Glimpse-Client: a header no web page can send cross-site, so the daemon's CSRF
+    # check knows an upload's multipart body comes from a program, not a form.
+    request = urllib.request.Request(url, data=body, method=method,
+                                     headers={"Content-Type": content_type, "X-Glimpse-Client": "cli"})
     token = getattr(args, "token", None) or os.environ.get("GLIMPSE_ADMIN_TOKEN")
     if token:
         request.add_header("Authorization", f"Bearer {token}")

@@ -26,7 +26,7 @@ import threading
 import time
 from pathlib import Path
 
-from device.errors import BundleInvalid, GlimpseError
+from device.errors import BundleNameInvalid, GlimpseError
 from device.metrics import Metrics
 from device.search import Searcher, SearcherOptions
 from device.settings import Settings
@@ -37,6 +37,8 @@ log = logging.getLogger("glimpse")
 
 BUNDLES_DIR = "bundles"
 CURRENT_LINK = "current"
+#: Longest bundle name, in bytes of UTF-8: a directory entry holds at most 255 (NAME_MAX).
+MAX_BUNDLE_NAME_BYTES = 255
 
 
 class Daemon:
@@ -126,41 +128,84 @@ class Daemon:
             ``{"bundle_id": new, "previous": old}``.
 
         Raises:
+            BundleNameInvalid: ``bundle_name`` is not a plain directory name.
             BundleInvalid: the new bundle fails verification; the old one keeps serving
                 and the ``current`` link is left as it was.
         """
         with self._reload_lock:
-            self.notifier.reloading()
             previous = self._searcher.bundle.id if self._searcher else None
+            self.notifier.reloading()
+            # Whatever happens below, systemd must hear READY again: a RELOADING=1 left
+            # unanswered makes it treat the service as stuck in its reload.
+            outcome = f"reload refused; serving {previous}"
             try:
-                if bundle_name is not None:
-                    target = self._bundle_by_name(bundle_name)
-                    link = Path(self.settings.data_dir) / CURRENT_LINK
-                    if link.exists() and not link.is_symlink():
-                        raise GlimpseError(f"{link} is a directory, not a link: move it under "
-                                           f"{Path(self.settings.data_dir) / BUNDLES_DIR} and link it")
-                    searcher = self._open(target, verify="full")  # a new bundle is checked in full
-                    _switch_link(link, target)
-                else:
-                    searcher = self._open(self.settings.bundle_dir(), verify="full")
-            except GlimpseError as exc:
-                self.metrics.reloads.labels(result="refused").inc()
-                log.error("reload refused, still serving %s: %s", previous, exc)
-                self.notifier.ready(f"reload refused; serving {previous}")
-                self._tell_panel("error")
-                raise
-            self._install(searcher)
-            self.slideshow.clear()  # its results are photos of the old bundle
-            self._tell_panel("ready")
-            self.metrics.reloads.labels(result="ok").inc()
-            self.notifier.ready(f"serving {searcher.bundle.id}")
-            return {"bundle_id": searcher.bundle.id, "previous": previous}
+                try:
+                    if bundle_name is not None:
+                        target = self._bundle_by_name(bundle_name)
+                        link = Path(self.settings.data_dir) / CURRENT_LINK
+                        if link.exists() and not link.is_symlink():
+                            raise GlimpseError(f"{link} is a directory, not a link: move it under "
+                                               f"{Path(self.settings.data_dir) / BUNDLES_DIR} and link it")
+                        searcher = self._open(target, verify="full")  # a new bundle is checked in full
+                        _switch_link(link, target)
+                    else:
+                        searcher = self._open(self.settings.bundle_dir(), verify="full")
+                except GlimpseError as exc:
+                    self.metrics.reloads.labels(result="refused").inc()
+                    log.error("reload refused, still serving %s: %s", previous, exc)
+                    self._tell_panel("error")
+                    raise
+                except Exception:
+                    # Not a refusal we foresaw (a bug, an OS error): still counted and logged,
+                    # and the old bundle keeps serving.
+                    self.metrics.reloads.labels(result="refused").inc()
+                    log.exception("reload failed, still serving %s", previous)
+                    self._tell_panel("error")
+                    raise
+                self._install(searcher)
+                self.slideshow.clear()  # its results are photos of the old bundle
+                self._tell_panel("ready")
+                self.metrics.reloads.labels(result="ok").inc()
+                outcome = f"serving {searcher.bundle.id}"
+                return {"bundle_id": searcher.bundle.id, "previous": previous}
+            finally:
+                self.notifier.ready(outcome)
+
+    def show(self, query: str, *, filters=None, similar_to: str | None = None, source: str = "web",
+             kind: str = "text"):
+        """Search, count the search, and make the results what the device shows
+        (the button steps through them, the display and the kiosk page draw them).
+
+        Args:
+            query: the text searched, also the title shown above the results.
+            filters: a :class:`device.search.Filters` (none: the whole library).
+            similar_to: an item id: the photos most like it instead of a text search.
+            source: the :class:`~device.slideshow.Slideshow` source (``web`` or ``saved``).
+            kind: the ``glimpse_queries_total`` label (``text``, ``similar``, ``saved``).
+
+        Returns:
+            The :class:`~device.slideshow.Showing` now on the screen.
+
+        Raises:
+            QueryInvalid: a bad query or filter; ItemNotFound: an unknown ``similar_to``.
+        """
+        from device.search import Filters
+
+        searcher = self.searcher
+        k = self.settings.slideshow_results
+        filters = filters or Filters()
+        if similar_to is not None:
+            results = searcher.similar(similar_to, k=k, filters=filters)
+        else:
+            results = searcher.search(query, k=k, filters=filters)
+        self.metrics.queries.labels(kind=kind).inc()
+        return self.slideshow.show(query.strip(), results, source)
 
     def _reload_logged(self) -> None:
         try:
             self.reload()
-        except GlimpseError:
-            pass  # logged by reload(); the old bundle keeps serving
+        except Exception:  # noqa: BLE001 - logged (with its traceback if unforeseen) by reload()
+            pass  # the old bundle keeps serving
 
     def start_ingest(self) -> bool:
         """Open the ingest store and start the worker (and the folder watcher), as the settings say.
@@ -228,9 +273,19 @@ class Daemon:
             panel.post(event)
 
     def _bundle_by_name(self, name: str) -> Path:
+        """The directory of bundle ``name``.
+
+        Raises:
+            BundleNameInvalid: ``name`` is not one plain directory name.
+        """
         bundles = Path(self.settings.data_dir) / BUNDLES_DIR
-        if not name or "/" in name or name in {".", ".."} or name.startswith("."):
-            raise BundleInvalid(f"{name!r} is not a bundle name (a directory under {bundles})")
+        if len(name.encode("utf-8", "surrogatepass")) > MAX_BUNDLE_NAME_BYTES:
+            raise BundleNameInvalid(f"a bundle name of {len(name)} characters is not a bundle name: "
+                                    f"at most {MAX_BUNDLE_NAME_BYTES} bytes (a directory under {bundles})")
+        if (not name or "/" in name or "\\" in name or name.startswith(".")
+                or any(not ch.isprintable() for ch in name)):
+            raise BundleNameInvalid(f"{name!r} is not a bundle name (a directory under {bundles}, "
+                                    "without control characters, slashes or a leading dot)")
         return bundles / name
 
     def status(self) -> dict:

@@ -19,6 +19,11 @@ class BundleInvalid(GlimpseError, ValueError):
     """A bundle is missing, of the wrong version, altered, or inconsistent."""
 
 
+class BundleNameInvalid(GlimpseError, ValueError):
+    """A bundle name given to reload is not a plain directory name (empty, a path,
+    hidden, too long, or with control characters): a bad request, not a bad bundle."""
+
+
 class ModelInvalid(GlimpseError, ValueError):
     """A model directory or ``.tflite`` file cannot be used."""
 

@@ -145,7 +145,12 @@ SETTINGS: tuple[Setting, ...] = (
             minimum=-1.0, maximum=1.0),
     Setting("admin_token_sha256", "", "str",
             "sha256 (hex) of the admin token; admin API calls need `Authorization: Bearer TOKEN`. "
-            "Empty: admin calls are accepted from loopback only."),
+            "Empty: admin calls are accepted from this device only (any loopback address, 127.0.0.0/8 or ::1); "
+            "once set, every admin call needs the token, from this device too."),
+    Setting("trusted_hosts", "", "str",
+            "Other names the appliance is reached by in a browser, separated by commas (e.g. glimpse.home), "
+            "besides its IP addresses, localhost and its host name (with .local): a form or script on a "
+            "page under any other name may not change anything (CSRF and DNS-rebinding defence)."),
     # The front panel and the kiosk (docs/kiosk.md). Every part is optional: an unset pin
     # or display means there is none, and the daemon serves as before.
     Setting("button_pin", "", "str",

@@ -538,10 +538,6 @@ def _plain_reload(client) -> dict:
 @pytest.mark.parametrize("name, reason", [
     ("missing", "no such bundle directory"),
     ("bad", "items.jsonl was altered"),
-    ("..", "is not a bundle name"),
-    ("../bundles/b", "is not a bundle name"),
-    (".hidden", "is not a bundle name"),
-    ("", "is not a bundle name"),
 ])
 def test_a_refused_reload_keeps_the_old_bundle_serving(spec, data_dir, name, reason):
     client = _client({"data_dir": str(data_dir)})
@@ -573,3 +569,145 @@ def test_the_bearer_scheme_is_case_insensitive(bundle_dir):
     client = _client({"bundle": str(bundle_dir), "admin_token_sha256": hashlib.sha256(TOKEN.encode()).hexdigest()})
     response = client.post("/api/admin/reload", headers={"Authorization": f"bearer {TOKEN}"})
     assert response.status_code == 200, response.get_json()
+
+
+class _NotifySocket:
+    """systemd's side of sd_notify: a datagram socket under tmp_path, read without blocking."""
+
+    def __init__(self, path: Path):
+        import socket
+
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.setblocking(False)
+        self.path = path
+
+    def messages(self) -> list[str]:
+        found = []
+        while True:
+            try:
+                found.append(self.sock.recv(65536).decode())
+            except BlockingIOError:
+                return found
+
+
+@pytest.fixture
+def notify(tmp_path):
+    listener = _NotifySocket(tmp_path / "notify.sock")
+    yield listener
+    listener.sock.close()
+
+
+@pytest.mark.parametrize("name", ["a\u0000b", "x" * 5000, "é" * 200, "a\nb", "..", "../bundles/b", ".hidden", "",
+                                  "a\\b"])
+def test_a_reload_to_a_name_that_is_no_bundle_name_is_a_400_and_systemd_hears_ready(spec, data_dir, notify, name):
+    from device.systemd import Notifier
+
+    daemon = Daemon(settings.load({"data_dir": str(data_dir)}, env={}),
+                    notifier=Notifier(env={"NOTIFY_SOCKET": str(notify.path)}))
+    daemon.load()
+    client = create_app(daemon).test_client()
+    a = _bundle_id(data_dir / "bundles" / "a")
+    response = client.post("/api/admin/reload", json={"bundle": name})
+    assert response.status_code == 400, response.get_json()
+    body = response.get_json()
+    assert schema_errors(spec, _response_schema(spec, "/api/admin/reload", 400, "post"), body) == []
+    assert "is not a bundle name" in body["error"] and "previous bundle keeps serving" in body["error"]
+    assert len(body["error"]) < 600  # a 5,000-character name is not echoed whole
+    sent = notify.messages()
+    assert sent[0].startswith("RELOADING=1") and sent[-1].startswith("READY=1"), sent
+    assert os.readlink(data_dir / "current") == "bundles/a"
+    assert client.get("/healthz").get_json()["bundle_id"] == a
+    assert 'glimpse_reloads_total{result="refused"} 1.0' in client.get("/metrics").get_data(as_text=True)
+
+
+def test_systemd_hears_ready_even_when_a_reload_fails_unexpectedly(data_dir, notify, monkeypatch):
+    from device.systemd import Notifier
+
+    daemon = Daemon(settings.load({"data_dir": str(data_dir)}, env={}),
+                    notifier=Notifier(env={"NOTIFY_SOCKET": str(notify.path)}))
+    daemon.load()
+
+    def broken(*args, **kwargs):
+        raise OSError(5, "Input/output error")  # the SD card fails under the reload
+    monkeypatch.setattr(daemon, "_open", broken)
+    with pytest.raises(OSError):
+        daemon.reload("b")
+    sent = notify.messages()
+    assert sent[0].startswith("RELOADING=1") and sent[-1].startswith("READY=1"), sent
+    assert daemon.metrics.reloads.labels(result="refused")._value.get() == 1
+    assert os.readlink(data_dir / "current") == "bundles/a"
+
+
+# --- who is "this device" (issue 13.11) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("remote, status", [
+    ("127.0.0.1", 200), ("127.0.0.2", 200), ("127.255.255.254", 200), ("::1", 200), ("::ffff:127.0.0.2", 200),
+    ("192.0.2.7", 403), ("10.0.0.1", 403), ("::ffff:192.0.2.7", 403), ("fe80::1", 403), ("", 403),
+])
+def test_without_a_token_every_loopback_address_is_this_device(fresh_client, remote, status):
+    response = fresh_client.post("/api/admin/reload", environ_base={"REMOTE_ADDR": remote})
+    assert response.status_code == status, response.get_json()
+
+
+def test_with_a_token_set_this_device_needs_it_too(bundle_dir):
+    client = _client({"bundle": str(bundle_dir), "admin_token_sha256": hashlib.sha256(TOKEN.encode()).hexdigest()})
+    for remote in ("127.0.0.1", "127.0.0.2", "::1"):
+        response = client.post("/api/admin/reload", environ_base={"REMOTE_ADDR": remote})
+        assert response.status_code == 401 and "admin token" in response.get_json()["error"]
+
+
+def test_the_readme_says_what_the_code_does():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert "from the device itself, or anywhere with the admin token" not in readme
+    assert "127.0.0.0/8" in readme and "from the device too" in readme
+
+
+# --- Show on the screen (issue 12.6) -----------------------------------------------------------------
+
+
+def test_show_puts_a_search_similar_photos_or_one_photo_on_the_screen(spec, bundle_dir, ids):
+    daemon = Daemon(settings.load({"bundle": str(bundle_dir), "slideshow_results": 3}, env={}))
+    daemon.load()
+    client = create_app(daemon).test_client()
+    schema = _response_schema(spec, "/api/admin/show", 200, "post")
+    body = client.post("/api/admin/show", json={"q": "a cat"}).get_json()
+    assert schema_errors(spec, schema, body) == [] and body["query"] == "a cat" and body["count"] == 3
+    assert daemon.slideshow.snapshot().current.item.path == CAT
+    kiosk = client.get("/api/kiosk").get_json()
+    assert (kiosk["query"], kiosk["generation"], len(kiosk["slides"])) == ("a cat", body["generation"], 3)
+    body = client.post("/api/admin/show", json={"similar": ids[ROCKET], "folder": "space"}).get_json()
+    assert body["query"] == "like rocket.jpg"
+    assert {r.item.folder for r in daemon.slideshow.snapshot().results} == {"space"}
+    assert ids[ROCKET] not in {r.item.id for r in daemon.slideshow.snapshot().results}
+    body = client.post("/api/admin/show", json={"id": ids[MOON]}).get_json()
+    assert body["count"] == 1 and daemon.slideshow.snapshot().current.item.id == ids[MOON]
+    assert daemon.metrics.queries.labels(kind="similar")._value.get() == 1
+
+
+@pytest.mark.parametrize("body, status, reason", [
+    ({}, 400, "exactly one of"),
+    ({"q": "cat", "id": "x"}, 400, "exactly one of"),
+    ({"q": "cat", "colour": "red"}, 400, "unknown field"),
+    ({"q": 3}, 400, "string"),
+    ({"q": "%%%"}, 400, "no letters or digits"),
+    ({"id": "0000000000000000"}, 404, "0000000000000000"),
+    ([1], 400, "JSON object"),
+])
+def test_a_bad_show_request_is_a_4xx_with_the_reason(spec, fresh_client, body, status, reason):
+    response = fresh_client.post("/api/admin/show", json=body)
+    assert response.status_code == status, response.get_json()
+    assert schema_errors(spec, _response_schema(spec, "/api/admin/show", status, "post"), response.get_json()) == []
+    assert reason in response.get_json()["error"]
+
+
+def test_show_is_an_admin_call(spec, bundle_dir):
+    response = _client({"bundle": str(bundle_dir)}).post("/api/admin/show", json={"q": "a cat"},
+                                                         environ_base={"REMOTE_ADDR": "192.0.2.7"})
+    assert response.status_code == 403
+    client = _client({"bundle": str(bundle_dir), "admin_token_sha256": hashlib.sha256(TOKEN.encode()).hexdigest()})
+    assert client.post("/api/admin/show", json={"q": "a cat"}).status_code == 401
+    ok = client.post("/api/admin/show", json={"q": "a cat"}, headers={"Authorization": f"Bearer {TOKEN}"},
+                     environ_base={"REMOTE_ADDR": "192.0.2.7"})
+    assert ok.status_code == 200

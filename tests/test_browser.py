@@ -8,6 +8,7 @@ to ``tests/artifacts/`` (git-ignored) for a human to look at.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -30,17 +31,16 @@ WAIT = 30  # seconds: the bound on every wait
 
 
 
-@pytest.fixture(scope="module")
-def server(bundle_dir, tmp_path_factory):
-    """``glimpse serve`` on a free loopback port; yields its base URL."""
+@contextlib.contextmanager
+def _serving(log_dir: Path, *args: str):
+    """``glimpse serve ARGS`` on a free loopback port; yields its base URL."""
     port = _free_port()
-    log_path = tmp_path_factory.mktemp("serve") / "stderr.log"
+    log_path = log_dir / "stderr.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("GLIMPSE_")}
     env["GLIMPSE_CONFIG"] = str(log_path.with_name("absent.conf"))  # no /etc/glimpse/glimpse.conf either
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "device", "serve", "--bundle", str(bundle_dir),
-                                 "--port", str(port)], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                stderr=log, text=True)
+        proc = subprocess.Popen([sys.executable, "-m", "device", "serve", *args, "--port", str(port)], cwd=REPO,
+                                env=env, stdout=subprocess.PIPE, stderr=log, text=True)
     lines: queue.Queue = queue.Queue()
     reader = threading.Thread(target=lambda: [lines.put(line) for line in iter(proc.stdout.readline, "")]
                               + [lines.put(None)], daemon=True)
@@ -67,6 +67,30 @@ def server(bundle_dir, tmp_path_factory):
         proc.stdout.close()
     assert proc.returncode == 0, log_path.read_text()
     assert "Traceback" not in log_path.read_text()
+
+
+@pytest.fixture(scope="module")
+def server(bundle_dir, tmp_path_factory):
+    """``glimpse serve`` of the test bundle; yields its base URL."""
+    with _serving(tmp_path_factory.mktemp("serve"), "--bundle", str(bundle_dir)) as url:
+        yield url
+
+
+ADMIN_TOKEN = "correct horse battery staple"
+
+
+@pytest.fixture(scope="module")
+def admin_server(bundle_dir, tmp_path_factory):
+    """``glimpse serve`` of a data directory (so adding photos is on) with an admin token set."""
+    import hashlib
+    import shutil
+
+    data = tmp_path_factory.mktemp("admin-data")
+    shutil.copytree(bundle_dir, data / "bundles" / "a")
+    (data / "current").symlink_to("bundles/a")
+    with _serving(tmp_path_factory.mktemp("admin-serve"), "--data-dir", str(data),
+                  "--admin-token-sha256", hashlib.sha256(ADMIN_TOKEN.encode()).hexdigest()) as url:
+        yield url
 
 
 @pytest.fixture
@@ -235,3 +259,97 @@ def test_searching_from_a_similar_page_opens_the_results(server, browser):
     browser.find_element(By.CSS_SELECTOR, "#results .card a").click()
     _wait(browser, lambda d: urlsplit(d.current_url).path.startswith("/items/"), "the result did not open")
     assert browser.find_element(By.CSS_SELECTOR, ".facts h2").text == "rocket.jpg"
+
+
+# --- error pages, the admin token and Show on the screen (issues 12.4, 12.6) ---------------------------
+
+
+def test_an_error_page_on_a_phone_is_readable_and_leads_back(server, browser):
+    from selenium.webdriver.common.by import By
+
+    browser.set_window_size(390, 844)
+    for path in ("items/nothing", "no/such/page", "add"):
+        browser.get(server + path)
+        message = browser.find_element(By.ID, "error-message")
+        assert message.is_displayed() and message.text
+        size = float(browser.execute_script("return parseFloat(getComputedStyle(arguments[0]).fontSize)", message))
+        assert size >= 16, f"{path}: {size}px is too small to read on a phone"
+        widths = browser.execute_script(
+            "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+        assert widths[0] <= widths[1], f"{path}: the error page scrolls sideways on a phone: {widths}"
+    _screenshot(browser, "browser-error-phone.png")
+    browser.find_element(By.ID, "back").click()
+    _wait(browser, lambda d: urlsplit(d.current_url).path == "/" and _card_names(d), "Back did not lead home")
+
+
+def _new_photo(path: Path) -> Path:
+    from PIL import Image
+
+    image = Image.new("RGB", (120, 80), (200, 120, 40))
+    for x in range(0, 120, 10):
+        image.paste((20, 60, 200), (x, 0, x + 4, 80))
+    image.save(path, "JPEG")
+    return path
+
+
+def test_add_photos_asks_for_the_token_and_keeps_the_chosen_files(admin_server, browser, tmp_path):
+    import json
+    import urllib.request
+
+    from selenium.webdriver.common.by import By
+
+    photo = _new_photo(tmp_path / "stripes.jpg")
+    browser.set_window_size(390, 844)
+    browser.get(admin_server + "add")
+    assert not browser.find_element(By.ID, "token-form").is_displayed()
+    browser.find_element(By.ID, "files").send_keys(str(photo))
+    browser.find_element(By.CSS_SELECTOR, "#upload button[type=submit]").click()
+    token_form = browser.find_element(By.ID, "token-form")
+    _wait(browser, lambda d: token_form.is_displayed(), "no token form after a 401")
+    assert "needs the admin token" in browser.find_element(By.ID, "token-reason").text
+    chosen = "return document.getElementById('files').files.length"
+    assert browser.execute_script(chosen) == 1  # the files are still chosen
+    _screenshot(browser, "browser-add-token.png")
+
+    browser.find_element(By.ID, "token-input").send_keys("not the token")
+    browser.find_element(By.CSS_SELECTOR, "#token-form button").click()
+    _wait(browser, lambda d: "wrong" in d.find_element(By.ID, "token-reason").text, "a wrong token was not said")
+    assert browser.execute_script(chosen) == 1
+
+    browser.find_element(By.ID, "token-input").send_keys(ADMIN_TOKEN)
+    browser.find_element(By.CSS_SELECTOR, "#token-form button").click()
+    _wait(browser, lambda d: "stripes.jpg: added" in d.find_element(By.ID, "upload-results").text,
+          "the upload did not go through with the right token")
+    assert not token_form.is_displayed()
+    assert browser.execute_script("return sessionStorage.getItem('glimpse.adminToken')") == ADMIN_TOKEN
+
+    # The token is kept for this tab: "Show on the screen" needs no second asking.
+    browser.get(admin_server + "?q=a+cup+of+coffee")
+    _wait(browser, _first_card_is("coffee.png"), "no results")
+    browser.find_element(By.CSS_SELECTOR, "#show-form button").click()
+    _wait(browser, lambda d: "On the screen now" in d.find_element(By.CSS_SELECTOR, "#show-form .show-status").text,
+          "Show on the screen did not answer")
+    with urllib.request.urlopen(admin_server + "api/kiosk", timeout=WAIT) as response:
+        assert json.load(response)["query"] == "a cup of coffee"
+
+
+def test_instant_search_does_not_take_over_the_screen_but_show_does(server, browser):
+    import json
+    import urllib.request
+
+    from selenium.webdriver.common.by import By
+
+    def kiosk():
+        with urllib.request.urlopen(server + "api/kiosk", timeout=WAIT) as response:
+            return json.load(response)
+
+    before = kiosk()
+    browser.get(server)
+    browser.find_element(By.ID, "q").send_keys("a rocket")
+    _wait(browser, _first_card_is("rocket.jpg"), "no instant results")
+    assert kiosk()["generation"] == before["generation"]  # typing a search changed nothing on the screen
+    show = browser.find_element(By.ID, "show-form")
+    assert show.is_displayed()  # offered for what is on this page now (this is the device: no token set)
+    show.find_element(By.TAG_NAME, "button").click()
+    _wait(browser, lambda d: "On the screen now" in show.text, "Show on the screen did not answer")
+    assert kiosk()["query"] == "a rocket"

@@ -164,10 +164,10 @@ def test_presses_run_the_saved_queries_in_turn_when_nobody_has_searched(rig):
     assert r.daemon.metrics.queries.labels(kind="saved")._value.get() == 4
 
 
-def test_after_a_web_search_presses_step_through_its_results_then_surprise(rig):
+def test_after_show_on_the_screen_presses_step_through_its_results_then_surprise(rig):
     r = rig()
     client = create_app(r.daemon).test_client()
-    assert client.get("/?q=space").status_code == 200
+    assert client.post("/api/admin/show", json={"q": "space"}).status_code == 200
     web = r.daemon.slideshow.snapshot()
     assert web.source == "web" and web.query == "space" and len(web.results) == 3  # slideshow_results
     r.panel.tick()
@@ -182,21 +182,24 @@ def test_after_a_web_search_presses_step_through_its_results_then_surprise(rig):
     assert (after.source, after.query) == ("saved", "a cup of coffee")
 
 
-def test_instant_search_api_sets_the_results_only_when_asked(rig):
+def test_searches_leave_the_screen_alone_until_shown_on_it(rig):
     r = rig()
     client = create_app(r.daemon).test_client()
     client.get("/api/search?q=a+cat&k=5")
-    assert r.daemon.slideshow.snapshot().source == "none"  # a script using the API changes nothing
-    client.get("/api/search?q=a+cat&k=5&show=1")
+    client.get("/api/search?q=a+cat&k=5&show=1")  # what the web UI's instant search sent before
+    assert client.get("/?q=a+cat").status_code == 200
+    assert r.daemon.slideshow.snapshot().source == "none"  # nobody's search takes over the screen
+    client.post("/api/admin/show", json={"q": "a cat"})
     showing = r.daemon.slideshow.snapshot()
     assert showing.query == "a cat" and showing.current.item.path == "pets/cat.png"
+    assert r.daemon.metrics.queries.labels(kind="text")._value.get() == 4
 
 
 def test_without_saved_queries_presses_go_round_the_results(rig):
     r = rig(saved_queries="")
     r.press()
     assert r.panel.actions[-1] == ("nothing",)
-    create_app(r.daemon).test_client().get("/?q=space")
+    create_app(r.daemon).test_client().post("/api/admin/show", json={"q": "space"})
     positions = []
     for _ in range(3):
         r.press()
@@ -296,7 +299,7 @@ def test_rgb_light_is_green_white_while_searching_and_red_after_a_refused_reload
     red, green, blue = (r.pin(n) for n in RGB)
     assert (red.state, green.state, blue.state) == (0, 1, 0)  # ready: green
     assert r.panel.describe()["light_state"] == "ready"
-    create_app(r.daemon).test_client().get("/?q=a+cat")  # a search in the web UI
+    create_app(r.daemon).test_client().post("/api/admin/show", json={"q": "a cat"})  # Show on the screen
     r.panel.tick()
     assert r.panel.describe()["light_state"] == "searching"
     _wait_until(lambda: red.state == green.state == blue.state == 1, timeout=3, what="white")

@@ -148,6 +148,10 @@ def _client(data_dir, **extra):
     return daemon, create_app(daemon).test_client()
 
 
+#: What a script sends with a multipart upload instead of a page's CSRF token.
+SCRIPT = {"X-Glimpse-Client": "test"}
+
+
 def _files(*items):
     return {"files": [(io.BytesIO(data), name) for name, data in items]}
 
@@ -157,7 +161,7 @@ def test_upload_api_accepts_refuses_and_reports(data_dir):
     try:
         response = client.post("/api/admin/upload", data=_files(
             ("coffee.jpg", photo_bytes()), ("notes.txt", b"hi"), ("fake.jpg", b"not an image"),
-            ("bomb.png", _bomb_png())), content_type="multipart/form-data")
+            ("bomb.png", _bomb_png())), content_type="multipart/form-data", headers=SCRIPT)
         assert response.status_code == 202
         results = {r["name"]: r for r in response.get_json()}
         assert results["coffee.jpg"]["status"] == "queued"
@@ -198,7 +202,8 @@ def test_upload_limits_auth_and_busy(data_dir):
     daemon, client = _client(data_dir, max_upload_mb="1", ingest_queue_max="1", admin_token_sha256=token_hash)
     daemon.ingestor.stop()  # keep the queue full for the 503 case
     form = _files(("coffee.jpg", photo_bytes()))
-    assert client.post("/api/admin/upload", data=form, content_type="multipart/form-data").status_code == 401
+    assert client.post("/api/admin/upload", data=form, content_type="multipart/form-data",
+                       headers=SCRIPT).status_code == 401
     auth = {"Authorization": "Bearer s3cret"}
     # A body encoded by hand: the test client would spool it to a file it never closes.
     body, boundary = _multipart("big.jpg", os.urandom(2 * 1024 * 1024))
@@ -212,7 +217,9 @@ def test_upload_limits_auth_and_busy(data_dir):
                        content_type="multipart/form-data")
     assert busy.status_code == 503 and busy.headers["Retry-After"] == "30"
     # The HTML form carries the token as a field.
-    page = client.post("/add", data={"token": "s3cret", **_files(("coffee2.jpg", photo_bytes(variant=3)))},
+    client.get("/add")  # sets the CSRF cookie the form's token must match
+    page = client.post("/add", data={"token": "s3cret", "csrf_token": client.get_cookie("glimpse_csrf").value,
+                                     **_files(("coffee2.jpg", photo_bytes(variant=3)))},
                        content_type="multipart/form-data")
     assert page.status_code in (202, 503)
 
@@ -287,7 +294,8 @@ def test_kill_9_at_any_point_loses_no_acknowledged_photo(data_dir):
                 body, boundary = _multipart(f"p{n}.jpg", photo_bytes(sources[n % 4], variant=n))
                 request = urllib.request.Request(f"http://127.0.0.1:{port}/api/admin/upload", data=body,
                                                  method="POST",
-                                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+                                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}",
+                                                          **SCRIPT})
                 with urllib.request.urlopen(request, timeout=30) as response:
                     result = json.load(response)[0]
                 assert result["status"] == "queued", result
@@ -335,7 +343,9 @@ def test_a_photo_added_with_the_web_page_form_is_found_within_seconds(data_dir):
     daemon, client = _client(data_dir)
     try:
         started = time.monotonic()
-        page = client.post("/add", data=_files(("rocket-launch.jpg", photo_bytes("rocket.jpg", variant=2))),
+        client.get("/add")  # sets the CSRF cookie the form's token must match
+        page = client.post("/add", data={"csrf_token": client.get_cookie("glimpse_csrf").value,
+                                         **_files(("rocket-launch.jpg", photo_bytes("rocket.jpg", variant=2)))},
                            content_type="multipart/form-data")
         assert page.status_code == 202
         assert "rocket-launch.jpg: added, being embedded" in page.get_data(as_text=True)

@@ -50,18 +50,47 @@ def test_kiosk_renders_the_first_slide_and_a_refresh_to_the_next(client, daemon)
     assert "http://" not in html and "https://" not in html  # offline: nothing from outside
 
 
-def test_kiosk_without_a_search_shows_the_library(client, daemon):
+def test_kiosk_without_a_search_shows_the_library_and_counts_what_it_steps_through(client, daemon):
     html = client.get("/kiosk").get_data(as_text=True)
     first = daemon.searcher.bundle.items[0]
     assert f'data-slide="{first.id}"' in html
-    assert "8 photos on this Glimpse" in html
+    # It steps through 4 (slideshow_results) of the 8: the title says so, not "8 photos" above "1 / 4".
+    assert "The first 4 of 8 photos on this Glimpse" in html and "1 / 4" in html
     body = client.get("/api/kiosk").get_json()
     assert body["kind"] == "library" and body["query"] == "" and len(body["slides"]) == 4
-    assert body["title"] == "8 photos on this Glimpse"
+    assert body["title"] == "The first 4 of 8 photos on this Glimpse"
 
 
-def test_kiosk_api_follows_web_searches_and_presses(client, daemon):
-    client.get("/?q=space")
+def test_a_library_that_fits_is_counted_whole(bundle_dir):
+    daemon = Daemon(settings.load({"bundle": str(bundle_dir), "slideshow_results": 12}, env={}))
+    daemon.load()
+    body = create_app(daemon).test_client().get("/api/kiosk").get_json()
+    assert body["title"] == "8 photos on this Glimpse" and len(body["slides"]) == 8
+
+
+def test_other_peoples_searches_do_not_take_over_the_kiosk(client, daemon):
+    before = client.get("/api/kiosk").get_json()
+    for url in ("/?q=space", "/?q=a+cat&min_score=0.5", "/api/search?q=a+cat&k=3&show=1", "/api/search?q=moon"):
+        assert client.get(url).status_code == 200
+    after = client.get("/api/kiosk").get_json()
+    assert (after["generation"], after["kind"], after["title"]) == (before["generation"], "library",
+                                                                     before["title"])
+
+
+@pytest.mark.parametrize("headers", [{"Sec-Fetch-Site": "cross-site"}, {"Referer": "http://evil.example/"},
+                                     {"Sec-Fetch-Site": "same-site", "Referer": "http://localhost/"}])
+def test_a_page_of_another_site_cannot_choose_what_the_screen_shows(client, daemon, headers):
+    before = daemon.slideshow.snapshot().generation
+    page = client.get("/kiosk?q=a+cat", headers=headers)
+    assert page.status_code == 403 and "another site" in page.get_data(as_text=True)
+    assert daemon.slideshow.snapshot().generation == before
+    # Opened directly (the kiosk unit, or someone typing the address), it does.
+    assert client.get("/kiosk?q=a+cat", headers={"Sec-Fetch-Site": "none"}).status_code == 200
+    assert daemon.slideshow.snapshot().query == "a cat"
+
+
+def test_kiosk_api_follows_what_is_shown_and_presses(client, daemon):
+    assert client.post("/api/admin/show", json={"q": "space"}).status_code == 200  # "Show on the screen"
     body = client.get("/api/kiosk").get_json()
     assert (body["kind"], body["query"], body["position"]) == ("results", "space", 0)
     generation = body["generation"]
@@ -167,6 +196,6 @@ def test_kiosk_follows_the_button_and_steps_with_arrow_keys(server, browser, dae
     assert _wait_for(lambda: _slide(browser) == ids[0], what="the left arrow")
     assert browser.find_element("id", "query").text == "“space”"
     daemon.slideshow.clear()  # after a bundle reload: the library again
-    _wait_for(lambda: browser.find_element("id", "query").text == "8 photos on this Glimpse",
+    _wait_for(lambda: browser.find_element("id", "query").text == "The first 4 of 8 photos on this Glimpse",
               what="the kiosk to show the library")
     assert _slide(browser) == daemon.searcher.bundle.items[0].id

@@ -147,7 +147,7 @@ def test_start_page_shows_the_photos_a_search_box_filters_and_tips(client, items
     options = [o.attrs["value"] for o in page.one("select", name="folder").all("option")]
     assert {"space", "pets"} <= set(options) and "" in options
     for name in ("from", "to", "min_score"):
-        assert page.one("input", name=name)
+        assert page.one("input", id=name)
     tips = [a for a in page.all("a") if a.text().strip() == "Search tips"]
     assert tips and tips[0].attrs["href"] == "/help"
     assert "Search 8 photos" in page.one("p", id="status").text()
@@ -366,5 +366,128 @@ def test_every_page_is_accessible(client, items):
 def test_forms_work_without_javascript(client):
     for url in ("/", "/help", "/?q=cat"):
         for form in get(client, url).all("form"):
-            assert form.attrs.get("method", "get").lower() == "get"
             assert form.one("button").attrs.get("type") == "submit"
+            if form.attrs.get("method", "get").lower() == "post":  # it changes something: it carries its token
+                assert form.one("input", name="csrf_token").attrs["value"]
+
+
+
+# --- error pages a person can read (issue 12.4) ---------------------------------------------------
+
+
+def _error_page(client, url, status, method="get", **kwargs) -> Node:
+    response = getattr(client, method)(url, **kwargs)
+    assert response.status_code == status, (url, response.get_data(as_text=True)[:300])
+    assert response.mimetype == "text/html", url
+    html = response.get_data(as_text=True)
+    assert "Werkzeug" not in html and "<title>" + str(status) not in html, html[:300]
+    page = parse(html)
+    # The app's own page: its style sheet, readable on a phone, a way back to the search.
+    assert page.one("link", rel="stylesheet").attrs["href"] == "/static/glimpse.css"
+    assert page.one("meta", name="viewport")
+    assert page.one("a", id="back").attrs["href"] == "/"
+    assert page.one("input", id="q")  # the search box is there too
+    return page
+
+
+@pytest.mark.parametrize("url, reason", [
+    ("/items/0000000000000000", "0000000000000000"),
+    ("/items/nothing", "nothing"),
+    ("/similar/0000000000000000", "0000000000000000"),
+    ("/no/such/page", "not found"),
+])
+def test_not_found_is_the_apps_own_page_with_a_way_back(client, url, reason):
+    page = _error_page(client, url, 404)
+    assert reason.lower() in page.one(id="error-message").text().lower()
+
+
+def test_a_wrong_method_is_the_apps_own_page(client):
+    _error_page(client, "/help", 405, method="post", headers={"X-Glimpse-Client": "test"})
+
+
+def test_adding_when_it_is_off_says_how_to_turn_it_on(client):
+    page = _error_page(client, "/add", 404)
+    assert "setting ingest" in page.one(id="error-message").text()
+
+
+def test_the_api_keeps_its_json_errors(client):
+    for url in ("/api/items/0000000000000000", "/api/nothing", "/api/admin/upload"):
+        response = client.get(url)
+        assert response.status_code in (404, 405) and response.mimetype == "application/json", url
+        assert response.get_json()["error"]
+
+
+def _ingest_client(tmp_path, bundle_dir, **config):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(bundle_dir, data / "bundles" / "a")
+    (data / "current").symlink_to("bundles/a")
+    daemon = Daemon(settings.load({"data_dir": str(data), **config}, env={}))
+    daemon.load()
+    assert daemon.start_ingest()
+    daemon.ingestor.stop()  # the queue is not what these tests look at
+    return create_app(daemon).test_client()
+
+
+def test_a_wrong_admin_token_on_add_photos_shows_the_page_again_with_the_token_field(tmp_path, bundle_dir):
+    import hashlib
+    import io
+
+    client = _ingest_client(tmp_path, bundle_dir, admin_token_sha256=hashlib.sha256(b"s3cret").hexdigest())
+    page = get(client, "/add")
+    csrf = page.one("input", name="csrf_token").attrs["value"]
+    response = client.post("/add", data={"token": "wrong", "csrf_token": csrf,
+                                         "files": [(io.BytesIO(b"x"), "a.jpg")]}, content_type="multipart/form-data")
+    assert response.status_code == 401 and response.mimetype == "text/html"
+    page = parse(response.get_data(as_text=True))
+    assert "wrong admin token" in page.one(id="upload-error").text()
+    assert page.one("form", id="upload").one("input", id="token")  # enter it again, on the same page
+    assert page.one("input", type="file", id="files")
+    # With JavaScript the page asks for the token without leaving it (the files stay chosen).
+    assert page.one("form", id="token-form").attrs.get("hidden") is not None
+    assert page.one("form", id="upload").attrs["data-api"] == "/api/admin/upload"
+
+
+def test_add_photos_from_the_network_without_a_token_says_what_to_do(tmp_path, bundle_dir):
+    client = _ingest_client(tmp_path, bundle_dir)
+    page = get(client, "/add", environ_base={"REMOTE_ADDR": "192.0.2.7"})
+    csrf = page.one("input", name="csrf_token").attrs["value"]
+    response = client.post("/add", data={"csrf_token": csrf}, environ_base={"REMOTE_ADDR": "192.0.2.7"})
+    assert response.status_code == 403 and response.mimetype == "text/html"
+    assert "glimpse admin-token" in parse(response.get_data(as_text=True)).one(id="upload-error").text()
+
+
+# --- "Show on the screen" (issue 12.6) -------------------------------------------------------------
+
+
+def test_show_on_the_screen_is_offered_on_results_and_photo_pages_from_this_device(client, items):
+    cat = items["pets/cat.png"]["id"]
+    for url in ("/?q=a+cat", f"/items/{cat}", f"/similar/{cat}"):
+        form = get(client, url).one("form", id="show-form")
+        assert form.attrs["method"] == "post" and form.attrs["action"] == "/show"
+        assert form.attrs.get("hidden") is None, url
+    # From another computer, with no admin token set, it could only fail: not offered.
+    assert not get(client, "/?q=a+cat", environ_base={"REMOTE_ADDR": "192.0.2.7"}).all("form", id="show-form")
+
+
+def test_show_on_the_screen_without_javascript(bundle_dir, items):
+    daemon = Daemon(settings.load({"bundle": str(bundle_dir), "slideshow_results": 4}, env={}))
+    daemon.load()
+    client = create_app(daemon).test_client()
+    form = get(client, "/?q=a+cat&folder=pets").one("form", id="show-form")
+    fields = {i.attrs["name"]: i.attrs.get("value", "") for i in form.all("input")}
+    assert fields["q"] == "a cat" and fields["folder"] == "pets"
+    assert daemon.slideshow.snapshot().source == "none"  # searching did not change the screen
+    response = client.post("/show", data=fields)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert "On the screen now" in response.get_data(as_text=True)
+    showing = daemon.slideshow.snapshot()
+    assert showing.query == "a cat" and {r.item.folder for r in showing.results} == {"pets"}
+    # One photo, from its page.
+    moon = items["space/moon.png"]["id"]
+    fields = {i.attrs["name"]: i.attrs.get("value", "") for i in get(client, f"/items/{moon}").one(
+        "form", id="show-form").all("input")}
+    assert client.post("/show", data=fields).status_code == 200
+    showing = daemon.slideshow.snapshot()
+    assert [r.item.id for r in showing.results] == [moon]

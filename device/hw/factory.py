@@ -37,8 +37,8 @@ class HardwareOptions:
         i2c_address, spi_device, dc_pin, reset_pin: where the display is wired.
         fps: most display frames per second.
         shutdown_argv: the command run on a hold, or ``()``.
-        saved_queries: the "surprise me" queries.
-        slideshow_results: results kept for stepping through.
+        saved_queries: the "surprise me" queries (run with :meth:`device.daemon.Daemon.show`, which
+            keeps ``slideshow_results`` of each).
     """
 
     button_pin: str = ""
@@ -57,7 +57,6 @@ class HardwareOptions:
     fps: float = 2.0
     shutdown_argv: tuple[str, ...] = ()
     saved_queries: tuple[str, ...] = ()
-    slideshow_results: int = 12
 
     @classmethod
     def from_settings(cls, settings) -> "HardwareOptions":
@@ -87,7 +86,7 @@ class HardwareOptions:
             display_rotate=settings.display_rotate, i2c_address=parse_i2c_address(settings.display_i2c_address),
             spi_device=settings.display_spi_device, dc_pin=settings.display_dc_pin,
             reset_pin=settings.display_reset_pin, fps=settings.display_fps, shutdown_argv=argv,
-            saved_queries=split_queries(settings.saved_queries), slideshow_results=settings.slideshow_results,
+            saved_queries=split_queries(settings.saved_queries),
         )
 
 

@@ -180,16 +180,14 @@ class Panel:
         self._next_saved += 1
         self._flash()
         try:
-            results = self.daemon.searcher.search(query, k=self.options.slideshow_results)
+            self.daemon.show(query, source="saved", kind="saved")
         except GlimpseError as exc:
             log.error("saved query %r failed: %s", query, exc)
             self._record("failed", query)
             self._set_base("error")
             return
-        self.daemon.metrics.queries.labels(kind="saved").inc()
         self._record("saved", query)
         self._set_base("ready")
-        self.daemon.slideshow.show(query, results, "saved")
 
     def _hold(self) -> None:
         argv = self.options.shutdown_argv

@@ -5,32 +5,53 @@ Photos are served only through the bundle's manifest, so no request can reach
 a file outside the bundle. Pages work without JavaScript; the script only makes
 results appear as you type.
 
-A search from the web UI also becomes what the device is showing (its
-:class:`~device.slideshow.Slideshow`): the front-panel button steps through
-those results and ``/kiosk``, the full-screen slideshow for an HDMI screen,
-shows them.
+What the device shows (its :class:`~device.slideshow.Slideshow`: the
+front-panel button steps through it and ``/kiosk``, the full-screen slideshow
+for an HDMI screen, draws it) changes only when asked: the kiosk page's own
+``q``, the button, and the admin's "Show on the screen" on a results or photo
+page. Other people's searches stay on their own screens.
+
+Every state-changing request is checked against cross-site request forgery
+(:func:`_check_forgery`): a page of another site must not drive the appliance
+through the browser of someone on the LAN, or the kiosk's own browser.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import logging
+import re
+import secrets
+import socket
 import time
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 from flask import Flask, Response, abort, g, jsonify, redirect, render_template, request, send_file, url_for
 from werkzeug.exceptions import HTTPException
 
 from device import __version__
-from device.errors import BundleInvalid, GlimpseError, ItemNotFound, QueryInvalid
-from device.search import Filters, check_page
+from device.errors import BundleInvalid, BundleNameInvalid, GlimpseError, ItemNotFound, QueryInvalid
+from device.search import Filters, Result, check_page
 
 log = logging.getLogger("glimpse.web")
 
 #: Most results one API call returns.
 API_MAX_K = 200
-_LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+#: The query parameters of a results page; nothing else is carried into a link or redirect.
+RESULT_PARAMS = ("q", "folder", "from", "to", "min_score")
+#: Methods that change something, so are checked against request forgery.
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+#: Bodies a page of another site can send without the browser asking first (CORS
+#: "simple" requests): these need a CSRF token.
+SIMPLE_BODIES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"})
+#: The cookie and form field of the CSRF token (a double-submitted random value).
+CSRF_COOKIE = "glimpse_csrf"
+CSRF_FIELD = "csrf_token"
+#: A header no page of another site can send without a CORS preflight (which the
+#: appliance never grants): scripts such as ``glimpse ingest`` send it instead of a token.
+CLIENT_HEADER = "X-Glimpse-Client"
 
 
 def create_app(daemon) -> Flask:
@@ -49,18 +70,20 @@ def create_app(daemon) -> Flask:
 
     @app.context_processor
     def _globals():
-        return {"ingest_on": daemon.ingest_store is not None}
+        return {"ingest_on": daemon.ingest_store is not None, "csrf_token": _csrf_token,
+                "needs_token": bool(settings.admin_token_sha256),
+                "can_show": bool(settings.admin_token_sha256) or _is_local(request.remote_addr)}
 
     @app.template_filter("urlencode_page")
     def _urlencode_page(args, page: int) -> str:
         """The current query string with ``page`` set (for "More results")."""
-        params = [(k, v) for k, v in args.items(multi=True) if k != "page"]
-        return urlencode(params + [("page", str(page))])
+        return urlencode(_known(args) + [("page", str(page))])
 
     @app.before_request
     def _begin():
         g.started = time.perf_counter()
         g.searcher = daemon.searcher  # this request finishes on this bundle, even across a reload
+        _check_forgery(settings)
 
     @app.after_request
     def _end(response):
@@ -70,6 +93,8 @@ def create_app(daemon) -> Flask:
         if response.status_code >= 400:
             kind = {400: "bad_request", 404: "not_found"}.get(response.status_code, str(response.status_code))
             daemon.metrics.errors.labels(kind=kind).inc()
+        if g.get("new_csrf"):  # a page with a form was rendered for a browser without the cookie
+            response.set_cookie(CSRF_COOKIE, g.csrf, httponly=True, samesite="Strict", path="/")
         response.headers["X-Glimpse-Took-Ms"] = f"{took * 1000:.1f}"
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         return response  # the access log line is the server's (device/server.py), its URL bounded
@@ -129,8 +154,6 @@ def create_app(daemon) -> Flask:
         def run(searcher, k, offset, filters):
             results = searcher.search(query, k=k, offset=offset, filters=filters)
             daemon.metrics.queries.labels(kind="text").inc()
-            # What was searched in the web UI is what the button and the kiosk step through.
-            daemon.slideshow.show(query.strip(), results[:settings.slideshow_results], "web")
             return results
         return _render_results("index.html", run, query=query, browse=[])
 
@@ -150,7 +173,8 @@ def create_app(daemon) -> Flask:
     def similar_page(item_id: str):
         item = _item_or_404(g.searcher, item_id)
         if request.args.get("q", "").strip():  # a text search typed on this page
-            return redirect(url_for("index", **request.args.to_dict(flat=True)))
+            # Only the known parameters: others (endpoint, _external, _scheme...) are url_for's own.
+            return redirect(url_for("index") + "?" + urlencode(_known(request.args)))
 
         def run(searcher, k, offset, filters):
             results = searcher.similar(item.id, k=k, offset=offset, filters=filters)
@@ -180,14 +204,16 @@ def create_app(daemon) -> Flask:
         item = _item_or_404(searcher, item_id)
         if not item.original:
             abort(404, description="this bundle does not carry the original")
-        return send_file(searcher.file(item.original), max_age=86400, conditional=True,
-                         as_attachment=True, download_name=item.name)
+        response = send_file(searcher.file(item.original), max_age=86400, conditional=True)
+        response.headers["Content-Disposition"] = content_disposition(item.name)
+        return response
 
     # --- adding photos on the device (device/ingest.py) --------------------------------
 
     def _store():
         if daemon.ingest_store is None:
-            abort(404, description="adding photos on this device is off (setting ingest)")
+            abort(404, description="adding photos on this device is off (setting ingest): set ingest = on, "
+                                   "or leave it on auto and serve DATA_DIR/current rather than --bundle")
         return daemon.ingest_store
 
     def _upload(files) -> list[dict]:
@@ -214,21 +240,22 @@ def create_app(daemon) -> Flask:
             daemon.ingestor.wake()
         return results
 
+    def _add_page(results=None, error=None, status=200):
+        return render_template("add.html", counts=_store().counts(), results=results, error=error,
+                               max_mb=settings.max_upload_mb, bundle=g.searcher.bundle, version=__version__,
+                               query=""), status
+
     @app.get("/add")
     def add_page():
-        store = _store()
-        return render_template("add.html", counts=store.counts(), needs_token=bool(settings.admin_token_sha256),
-                               results=None, max_mb=settings.max_upload_mb, bundle=g.searcher.bundle,
-                               version=__version__, query="")
+        return _add_page()
 
     @app.post("/add")
     def add_form():
-        store = _store()
-        _require_admin(settings)
-        results = _upload(request.files.getlist("files"))
-        return render_template("add.html", counts=store.counts(), needs_token=bool(settings.admin_token_sha256),
-                               results=results, max_mb=settings.max_upload_mb, bundle=g.searcher.bundle,
-                               version=__version__, query=""), 202
+        _store()
+        refusal = _admin_refusal(settings)
+        if refusal:  # the page again, saying why, with the token field (the browser cannot keep the files)
+            return _add_page(error=refusal[1] + ": choose the photos again", status=refusal[0])
+        return _add_page(results=_upload(request.files.getlist("files")), status=202)
 
     @app.post("/api/admin/upload")
     def api_upload():
@@ -255,8 +282,6 @@ def create_app(daemon) -> Flask:
         k, offset = _api_page()
         results = g.searcher.search(query, k=k, offset=offset, filters=_filters())
         daemon.metrics.queries.labels(kind="text").inc()
-        if request.args.get("show") == "1":  # the web UI's instant search: make these what the device shows
-            daemon.slideshow.show(query.strip(), results[:settings.slideshow_results], "web")
         return jsonify([r.to_json() for r in results])
 
     @app.get("/api/similar/<item_id>")
@@ -282,7 +307,11 @@ def create_app(daemon) -> Flask:
             slides = [dict(_slide(r.item), score=round(float(r.score), 4)) for r in showing.results]
             return slides, "results", f"\u201c{showing.query}\u201d"
         items = searcher.bundle.items[:settings.slideshow_results]
-        return [_slide(item) for item in items], "library", f"{len(searcher.bundle)} photos on this Glimpse"
+        total = len(searcher.bundle)
+        # The title counts what the slideshow steps through ("1 / 12"), not more.
+        title = (f"{total} photos on this Glimpse" if len(items) == total
+                 else f"The first {len(items)} of {total} photos on this Glimpse")
+        return [_slide(item) for item in items], "library", title
 
     def _slide(item) -> dict:
         return {"id": item.id, "name": item.name, "path": item.path,
@@ -307,10 +336,11 @@ def create_app(daemon) -> Flask:
         error = None
         try:
             interval = _interval()
-            if query.strip():
-                results = searcher.search(query, k=settings.slideshow_results, filters=_filters())
-                daemon.metrics.queries.labels(kind="text").inc()
-                daemon.slideshow.show(query.strip(), results, "web")
+            if query.strip():  # the screen's own query (the kiosk unit's URL)
+                if _from_another_site(settings):  # a GET, but it changes what the screen shows
+                    abort(403, description="refused: a page of another site cannot change what the screen "
+                                           "shows; open /kiosk?q=... yourself")
+                daemon.show(query, filters=_filters())
         except QueryInvalid as exc:
             error, interval = str(exc), settings.kiosk_interval
         showing = daemon.slideshow.snapshot()
@@ -333,6 +363,60 @@ def create_app(daemon) -> Flask:
         return jsonify({"generation": showing.generation, "query": showing.query, "title": title,
                         "position": showing.position, "source": showing.source, "kind": kind, "slides": slides})
 
+    # --- "Show on the screen": an admin puts results or a photo on the device ---------
+
+    def _show(fields) -> dict:
+        """Put what ``fields`` name on the screen; what the API answers."""
+        fields = {k: v for k, v in fields.items() if v not in (None, "")}
+        unknown = set(fields) - {"q", "folder", "from", "to", "min_score", "similar", "id"}
+        if unknown:
+            raise QueryInvalid(f"unknown field(s) {', '.join(sorted(unknown))}: send q (with folder, from, to, "
+                               "min_score), similar or id")
+        if any(not isinstance(v, str) for v in fields.values()):
+            raise QueryInvalid("every field must be a string")
+        chosen = [key for key in ("q", "similar", "id") if key in fields]
+        if len(chosen) != 1:
+            raise QueryInvalid("send exactly one of q (a search), similar (an item id) or id (one photo)")
+        filters = Filters.parse(folder=fields.get("folder"), taken_from=fields.get("from"),
+                                taken_to=fields.get("to"), min_score=fields.get("min_score"))
+        if "q" in fields:
+            showing = daemon.show(fields["q"], filters=filters)
+        elif "similar" in fields:
+            item = g.searcher.item(fields["similar"])
+            showing = daemon.show(f"like {item.name}", filters=filters, similar_to=item.id, kind="similar")
+        else:
+            item = g.searcher.item(fields["id"])
+            showing = daemon.slideshow.show(item.name, [Result(rank=1, score=1.0, item=item)], "web")
+        return {"query": showing.query, "count": len(showing.results), "generation": showing.generation}
+
+    @app.post("/api/admin/show")
+    def api_show():
+        _require_admin(settings)
+        body = request.get_json(silent=True) if request.data else None
+        if not isinstance(body, dict):
+            raise QueryInvalid("the body must be a JSON object, e.g. {\"q\": \"a cat\"}")
+        return jsonify(_show(body))
+
+    @app.post("/show")
+    def show_form():
+        """The no-JavaScript "Show on the screen" button: a page saying what the screen shows."""
+        refusal = _admin_refusal(settings)
+        if refusal:
+            return _error_page(refusal[0], refusal[1])
+        fields = request.form.to_dict(flat=True)
+        for checked in (CSRF_FIELD, "token"):  # checked already, not part of what to show
+            fields.pop(checked, None)
+        shown = _show(fields)
+        return render_template("shown.html", shown=shown, back=_back_link(request.form), version=__version__,
+                               query="")
+
+    def _back_link(fields) -> str:
+        if fields.get("id"):
+            return url_for("item_page", item_id=fields["id"])
+        if fields.get("similar"):
+            return url_for("similar_page", item_id=fields["similar"]) + "?" + urlencode(_known(fields, ("q",)))
+        return url_for("index") + "?" + urlencode(_known(fields))
+
     @app.get("/api/status")
     def api_status():
         return jsonify(daemon.status())
@@ -348,6 +432,8 @@ def create_app(daemon) -> Flask:
             raise QueryInvalid("bundle must be a string")
         try:
             return jsonify(daemon.reload(name))
+        except BundleNameInvalid as exc:  # a bad request, counted as a refused reload by reload()
+            return jsonify({"error": f"reload refused, the previous bundle keeps serving: {exc}"}), 400
         except (BundleInvalid, GlimpseError) as exc:
             return jsonify({"error": f"reload refused, the previous bundle keeps serving: {exc}"}), 409
 
@@ -365,61 +451,223 @@ def create_app(daemon) -> Flask:
 
     # --- errors ------------------------------------------------------------------------
 
+    def _wants_json() -> bool:
+        return request.path.startswith("/api/") or request.path in {"/healthz", "/metrics"}
+
+    def _error_page(status: int, message: str):
+        """The app's own page for an error: the reason, and a way back."""
+        if _wants_json():
+            return jsonify({"error": message}), status
+        return render_template("error.html", status=status, title=ERROR_TITLES.get(status, "Something went wrong"),
+                               message=message, version=__version__, query=""), status
+
     @app.errorhandler(QueryInvalid)
     def _bad_query(exc):
-        return jsonify({"error": str(exc)}), 400
+        return _error_page(400, str(exc))
 
     @app.errorhandler(GlimpseError)
     def _busy_or_refused(exc):
         from device.ingest import IngestBusy
 
         status = 503 if isinstance(exc, IngestBusy) else 400
-        response = jsonify({"error": str(exc)})
+        response, status = _error_page(status, str(exc))
         if status == 503:
+            response = app.make_response((response, status))
             response.headers["Retry-After"] = "30"
         return response, status
 
     @app.errorhandler(ItemNotFound)
     def _not_found(exc):
-        if request.path.startswith("/api/"):
-            return jsonify({"error": str(exc)}), 404
-        return render_template("error.html", message=str(exc), version=__version__, query=""), 404
+        return _error_page(404, str(exc))
 
     @app.errorhandler(HTTPException)
     def _http_error(exc):
-        if request.path.startswith("/api/") or request.path in {"/healthz", "/metrics"}:
-            return jsonify({"error": exc.description}), exc.code
-        return exc
+        if exc.code is None or exc.code < 400:  # a redirect raised as an exception: pass it on
+            return exc
+        response, status = _error_page(exc.code, exc.description or exc.name)
+        response = app.make_response((response, status))
+        for name, value in exc.get_headers():  # e.g. Allow on a 405, WWW-Authenticate on a 401
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
 
     @app.errorhandler(Exception)
     def _unexpected(exc):  # a bug must never show a traceback to the user
         log.exception("unexpected error on %s", request.path)
-        return jsonify({"error": "internal error; see the daemon's log"}), 500
+        return _error_page(500, "internal error; see the daemon's log")
 
     return app
 
 
+#: The heading of the error page, by status.
+ERROR_TITLES = {
+    400: "That request cannot be answered",
+    401: "The admin token is needed",
+    403: "Not allowed from here",
+    404: "Not found",
+    405: "Not allowed",
+    413: "Too large",
+    500: "Something went wrong",
+    503: "Busy",
+}
+
+
 def _item_or_404(searcher, item_id: str):
+    """The item, or :class:`ItemNotFound` (a 404 page or JSON error saying which id)."""
+    return searcher.item(item_id)
+
+
+def _known(args, names=RESULT_PARAMS) -> list[tuple[str, str]]:
+    """The known result-page parameters of ``args`` (a MultiDict or dict), in order, non-empty."""
+    getter = args.getlist if hasattr(args, "getlist") else (lambda key: [args[key]] if key in args else [])
+    return [(name, value) for name in names for value in getter(name) if isinstance(value, str) and value]
+
+
+def content_disposition(name: str) -> str:
+    """An attachment ``Content-Disposition`` for any file name (RFC 6266, RFC 8187).
+
+    ``filename`` is a plain-ASCII fallback (control characters, quotes, backslashes,
+    percent signs and non-ASCII replaced by ``_``); ``filename*`` carries the name
+    itself, UTF-8 and percent-encoded, so a newline or CR in it can never end the header.
+    """
+    fallback = re.sub(r'[^\x20-\x7e]|["\\%]', "_", name).strip() or "photo"
+    return f'attachment; filename="{fallback}"; filename*=UTF-8\'\'{quote(name, safe="")}'
+
+
+def _is_local(address: str | None) -> bool:
+    """Whether a peer address is this machine: any loopback address (all of
+    127.0.0.0/8, ::1, and those as IPv4-mapped IPv6), which no other host can send from."""
     try:
-        return searcher.item(item_id)
-    except ItemNotFound:
-        abort(404)
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return (mapped or ip).is_loopback
+
+
+def _csrf_token() -> str:
+    """This browser's CSRF token (set as a cookie with the response when new)."""
+    if "csrf" not in g:
+        cookie = request.cookies.get(CSRF_COOKIE, "")
+        if re.fullmatch(r"[A-Za-z0-9_-]{32,64}", cookie):
+            g.csrf = cookie
+        else:
+            g.csrf, g.new_csrf = secrets.token_urlsafe(32), True
+    return g.csrf
+
+
+def _own_hosts(settings) -> set[str]:
+    """Host names a browser may use for the appliance, besides IP addresses: names a
+    DNS-rebinding page could take on are not among them."""
+    name = socket.gethostname().lower()
+    extra = {h.strip().lower() for h in settings.trusted_hosts.split(",") if h.strip()}
+    return {"localhost", name, f"{name}.local"} | extra
+
+
+def _own_origin(source: str, settings) -> bool:
+    """Whether ``source`` (an Origin or Referer) is a page of this appliance: the same
+    scheme, host and port the request was sent to, under a name the appliance owns."""
+    try:
+        parts = urlsplit(source)
+        port = parts.port
+    except ValueError:
+        return False
+    host = (parts.hostname or "").lower()
+    if parts.scheme not in ("http", "https") or not host:
+        return False
+    if parts.scheme != request.scheme:
+        return False
+    default = 443 if parts.scheme == "https" else 80
+    try:  # where the browser sent this request: the Host header
+        target = urlsplit("//" + request.host)
+        target_host, target_port = (target.hostname or "").lower(), target.port or default
+    except ValueError:
+        return False
+    if host != target_host or (port or default) != target_port:
+        return False
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return host in _own_hosts(settings) or host.endswith(".localhost")
+
+
+def _from_another_site(settings) -> bool:
+    """Whether the browser says a page of another site sent this request
+    (``Sec-Fetch-Site``, else ``Origin`` or ``Referer``); ``False`` when nothing says so."""
+    if request.headers.get("Sec-Fetch-Site", "").lower() in ("cross-site", "same-site"):
+        return True
+    source = request.headers.get("Origin") or request.headers.get("Referer")
+    return source is not None and not _own_origin(source, settings)
+
+
+def _check_forgery(settings) -> None:
+    """Refuse a state-changing request a page of another site could have made.
+
+    A browser names the page that sent a request in ``Origin`` (or at least
+    ``Referer``): when present, it must be this appliance. A body a cross-site
+    form or ``fetch`` can send without a CORS preflight (a form, multipart or
+    text/plain) must also carry the CSRF token (the ``csrf_token`` field or an
+    ``X-CSRF-Token`` header equal to the ``glimpse_csrf`` cookie), or a header only
+    a non-browser client or a same-site script can send (``Authorization: Bearer``
+    or ``X-Glimpse-Client``). JSON bodies need a preflight cross-site, so are safe.
+
+    Raises:
+        Forbidden: the request failed either check (a 403 saying why).
+    """
+    if request.method not in UNSAFE_METHODS:
+        return
+    if _from_another_site(settings):
+        source = request.headers.get("Origin") or request.headers.get("Referer") or "Sec-Fetch-Site"
+        abort(403, description=f"refused: this request came from a page of another site ({source[:100]}); "
+                               "use the appliance's own pages (set trusted_hosts for other names of it)")
+    if request.mimetype not in SIMPLE_BODIES and not (request.content_length and not request.mimetype):
+        return
+    # A Bearer token is never added by a browser on its own (Basic credentials can be).
+    bearer = request.headers.get("Authorization", "").partition(" ")[0].lower() == "bearer"
+    if bearer or CLIENT_HEADER in request.headers:
+        return
+    cookie = request.cookies.get(CSRF_COOKIE, "")
+    sent = request.headers.get("X-CSRF-Token") or request.form.get(CSRF_FIELD, "")
+    if not cookie or not sent or not hmac.compare_digest(cookie.encode(), sent.encode()):
+        abort(403, description="refused: this form is out of date or did not come from this appliance "
+                               "(no matching csrf_token); open the page again and retry. Scripts: send JSON, "
+                               f"or the header {CLIENT_HEADER}")
 
 
 def _require_admin(settings) -> None:
-    """Admin calls need the token (when one is set) or come from loopback.
+    """Admin calls need the token (when one is set) or come from this device.
 
-    The token comes as ``Authorization: Bearer TOKEN`` or, from the upload form,
-    as a ``token`` field; only its sha256 is stored in the settings.
+    When a token is set, every admin call needs it, from this device too: a
+    process of any user on the device can reach loopback. Without one, only this
+    device (a loopback address, :func:`_is_local`) may make admin calls.
+
+    The token comes as ``Authorization: Bearer TOKEN`` or, from a no-JavaScript
+    form, as a ``token`` field; only its sha256 is stored in the settings.
+
+    Raises:
+        Unauthorized: a token is set and the request lacks it (401).
+        Forbidden: no token is set and the request is not from this device (403).
     """
+    refusal = _admin_refusal(settings)
+    if refusal:
+        abort(refusal[0], description=refusal[1])
+
+
+def _admin_refusal(settings) -> tuple[int, str] | None:
+    """Why this request may not make admin calls, as (status, reason); ``None`` when it may."""
     expected = settings.admin_token_sha256
     if expected:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         token = token.strip() if scheme.lower() == "bearer" else ""  # schemes are case-insensitive
-        if not token and request.mimetype == "multipart/form-data":
+        if not token and request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
             token = request.form.get("token", "")
         digest = hashlib.sha256(token.encode()).hexdigest()
-        if not token or not hmac.compare_digest(digest, expected.lower()):
-            abort(401, description="admin calls need Authorization: Bearer TOKEN")
-    elif request.remote_addr not in _LOOPBACK:
-        abort(403, description="admin calls are accepted from this device only (set admin_token_sha256)")
+        if not token:
+            return 401, "admin calls need Authorization: Bearer TOKEN (the admin token)"
+        if not hmac.compare_digest(digest, expected.lower()):
+            return 401, "wrong admin token: admin calls need Authorization: Bearer TOKEN (the admin token)"
+    elif not _is_local(request.remote_addr):
+        return 403, ("admin calls are accepted from this device only; to allow them from the network, "
+                     "set an admin token (glimpse admin-token prints the admin_token_sha256 line)")
+    return None

@@ -62,7 +62,6 @@
     if (!q) { return; }
     var ticket = ++latest;
     var p = params(q, offset);
-    if (!offset) { p.set("show", "1"); }  // the device's button and kiosk step through these results
     fetch(root + "api/search?" + p.toString()).then(function (response) {
       return response.json().then(function (body) { return { ok: response.ok, body: body }; });
     }).then(function (res) {
@@ -77,6 +76,7 @@
         say("Best matches for \u201c" + q + "\u201d.");
       }
       res.body.forEach(function (r) { grid.appendChild(card(r, q)); });
+      if (!offset) { offerShow(q, res.body.length > 0); }
       if (res.body.length === pageSize) {
         var p2 = document.createElement("p");
         p2.className = "more";
@@ -99,6 +99,24 @@
     });
   }
 
+  // "Show on the screen" follows what is on this page now.
+  function offerShow(q, any) {
+    var show = document.getElementById("show-form");
+    if (!show) { return; }
+    var values = { q: q };
+    ["folder", "from", "to", "min_score"].forEach(function (name) {
+      var el = document.getElementById(name);
+      values[name] = el ? el.value : "";
+    });
+    Object.keys(values).forEach(function (name) {
+      var field = show.querySelector("input[type=hidden][name='" + name + "']");
+      if (field) { field.value = values[name]; }
+    });
+    show.hidden = !any;
+    var said = show.querySelector(".show-status");
+    if (said) { said.textContent = ""; }
+  }
+
   input.addEventListener("input", function () {
     clearTimeout(timer);
     timer = setTimeout(function () { run(0); }, 250);
@@ -112,5 +130,147 @@
   ["folder", "from", "to", "min_score"].forEach(function (name) {
     var el = document.getElementById(name);
     if (el) { el.addEventListener("change", function () { run(0); }); }
+  });
+}());
+
+// Admin actions from the browser: "Add photos" and "Show on the screen". They are
+// sent with fetch, so a missing or wrong admin token (401) never loses the chosen
+// files: a small form asks for the token, keeps it in sessionStorage (this tab,
+// until it is closed) and sends it as the Authorization header the API expects.
+// Without JavaScript both are ordinary form posts.
+(function () {
+  "use strict";
+  if (!window.fetch || !window.FormData) { return; }
+  var KEY = "glimpse.adminToken";
+  var root = document.body.getAttribute("data-root") || "/";
+
+  function storedToken() {
+    try { return window.sessionStorage.getItem(KEY) || ""; } catch (e) { return ""; }
+  }
+  function keepToken(token) {
+    try { window.sessionStorage.setItem(KEY, token); } catch (e) { /* storage off: ask each time */ }
+  }
+  function forgetToken() {
+    try { window.sessionStorage.removeItem(KEY); } catch (e) { /* nothing kept */ }
+  }
+  function headers(csrf) {
+    var h = { "X-CSRF-Token": csrf || "" };
+    var token = storedToken();
+    if (token) { h.Authorization = "Bearer " + token; }
+    return h;
+  }
+  function answer(response) {
+    return response.json().catch(function () { return {}; }).then(function (body) {
+      return { status: response.status, ok: response.ok, body: body };
+    });
+  }
+  function csrfOf(form) {
+    var field = form.querySelector("input[name=csrf_token]");
+    return field ? field.value : "";
+  }
+
+  // --- Add photos ---------------------------------------------------------------------
+  var upload = document.getElementById("upload");
+  var tokenForm = document.getElementById("token-form");
+  if (upload && tokenForm) {
+    var files = document.getElementById("files");
+    var progress = document.getElementById("upload-progress");
+    var tokenInput = document.getElementById("token-input");
+    var reason = document.getElementById("token-reason");
+    var box = document.getElementById("upload-results-box");
+    var list = document.getElementById("upload-results");
+    var plainToken = upload.querySelector(".token-field");
+    if (plainToken) {  // the token form below asks for it only when needed
+      plainToken.hidden = true;
+      plainToken.querySelector("input").required = false;
+    }
+    var send = function () {
+      if (!files.files.length) { files.reportValidity(); return; }
+      var data = new FormData();
+      Array.prototype.forEach.call(files.files, function (file) { data.append("files", file, file.name); });
+      progress.textContent = "Sending " + files.files.length + " photo" + (files.files.length === 1 ? "" : "s") + "\u2026";
+      fetch(upload.getAttribute("data-api"), { method: "POST", body: data, headers: headers(csrfOf(upload)),
+                                               credentials: "same-origin" })
+        .then(answer).then(function (res) {
+          progress.textContent = "";
+          if (res.status === 401) {
+            forgetToken();
+            tokenForm.hidden = false;
+            reason.textContent = (res.body.error || "").indexOf("wrong") === 0
+              ? "That admin token is wrong. Enter it again; your photos are still chosen."
+              : "Adding photos needs the admin token. Enter it; your photos are still chosen.";
+            tokenInput.value = "";
+            tokenInput.focus();
+            return;
+          }
+          if (!res.ok) {
+            progress.innerHTML = "";
+            var span = document.createElement("span");
+            span.className = "error";
+            span.textContent = res.body.error || ("The upload failed (" + res.status + ").");
+            progress.appendChild(span);
+            return;
+          }
+          tokenForm.hidden = true;
+          list.textContent = "";
+          res.body.forEach(function (r) {
+            var li = document.createElement("li");
+            li.textContent = r.name + ": ";
+            var what = document.createElement("span");
+            if (r.status === "queued") { what.textContent = "added, being embedded"; }
+            else if (r.status === "duplicate") { what.textContent = "already here"; }
+            else { what.className = "error"; what.textContent = "refused: " + r.reason; }
+            li.appendChild(what);
+            list.appendChild(li);
+          });
+          box.hidden = false;
+          upload.reset();
+        }).catch(function () {
+          progress.textContent = "The appliance did not answer; your photos are still chosen, try again.";
+        });
+    };
+    upload.addEventListener("submit", function (event) { event.preventDefault(); send(); });
+    tokenForm.addEventListener("submit", function (event) {
+      event.preventDefault();
+      if (!tokenInput.value) { return; }
+      keepToken(tokenInput.value);
+      send();
+    });
+  }
+
+  // --- Show on the screen ---------------------------------------------------------------
+  Array.prototype.forEach.call(document.querySelectorAll("form.show-form"), function (form) {
+    var said = form.querySelector(".show-status");
+    var tokenField = form.querySelector(".token-field");
+    if (tokenField) { tokenField.hidden = true; }
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      if (tokenField && !tokenField.hidden) {
+        var typed = tokenField.querySelector("input").value;
+        if (typed) { keepToken(typed); }
+      }
+      var body = {};
+      Array.prototype.forEach.call(form.querySelectorAll("input[type=hidden]"), function (field) {
+        if (field.name !== "csrf_token" && field.value) { body[field.name] = field.value; }
+      });
+      var h = headers(csrfOf(form));
+      h["Content-Type"] = "application/json";
+      said.textContent = "";
+      fetch(root + "api/admin/show", { method: "POST", body: JSON.stringify(body), headers: h,
+                                       credentials: "same-origin" })
+        .then(answer).then(function (res) {
+          if (res.status === 401 && tokenField) {
+            forgetToken();
+            tokenField.hidden = false;
+            tokenField.querySelector("input").focus();
+            said.textContent = "Enter the admin token, then press the button again.";
+            return;
+          }
+          if (!res.ok) { said.textContent = res.body.error || ("Refused (" + res.status + ")."); return; }
+          if (tokenField) { tokenField.hidden = true; }
+          said.textContent = "On the screen now: \u201c" + res.body.query + "\u201d, " + res.body.count +
+            " photo" + (res.body.count === 1 ? "" : "s") + ".";
+        }).catch(function () { said.textContent = "The appliance did not answer."; });
+    });
   });
 }());
