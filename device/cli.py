@@ -17,7 +17,9 @@ Errors print ``glimpse: error: ...`` and exit 2; ``--debug`` shows tracebacks.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -25,8 +27,17 @@ from device import settings
 from device.errors import GlimpseError
 
 
+class CommandParser(argparse.ArgumentParser):
+    """An argument parser whose subcommands report errors as the program does:
+    ``PROG: error: ...`` (not ``PROG SUBCOMMAND: error:``), after the usage line."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog.split()[0]}: error: {message}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="glimpse", description="Offline text-to-image photo search.")
+    parser = CommandParser(prog="glimpse", description="Offline text-to-image photo search.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -88,19 +99,64 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_command(prog: str, command, args) -> int:
-    """Run one subcommand the way both command lines do: a :class:`GlimpseError`
-    becomes ``PROG: error: ...`` on stderr and its ``exit_status`` (a traceback
-    only with ``--debug``); Ctrl-C exits 130."""
+    """Run one subcommand the way both command lines do.
+
+    Any error ends as one line ``PROG: error: ...`` on stderr and a non-zero
+    status (a traceback only with ``--debug``): a :class:`GlimpseError` says
+    its own message and exits with its ``exit_status``; an ``OSError`` (a full
+    disk, a file that cannot be read) names the file and the problem; a
+    missing host-only library says what to install. Ctrl-C exits 130.
+    """
     try:
         return command(args)
-    except GlimpseError as exc:
-        if args.debug:
-            raise
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return exc.exit_status
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - the one place errors become messages
+        if args.debug:
+            raise
+        message, status = describe_error(exc, args.command)
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return status
+
+
+#: Modules only the host extra installs (PyTorch and friends).
+HOST_MODULES = {"torch", "torchvision", "litert_torch", "open_clip", "transformers", "safetensors",
+                "google_crc32c", "ai_edge_torch", "tensorflow"}
+
+_OS_PROBLEMS = {
+    errno.ENOSPC: "no space left on the disk; free some space and try again",
+    errno.EDQUOT: "over the disk quota; free some space and try again",
+    errno.EACCES: "permission denied; check the owner and mode (ls -l) or run as a user who may use it",
+    errno.EPERM: "operation not permitted; check the owner and mode (ls -l)",
+    errno.EROFS: "the file system is read-only",
+    errno.ENOENT: "no such file or folder",
+    errno.ENOTDIR: "a part of the path is not a folder",
+    errno.EISDIR: "is a folder, not a file",
+}
+
+
+def describe_error(exc: BaseException, command: str | None = None) -> tuple[str, int]:
+    """The one-line message and exit status a command line shows for ``exc``."""
+    if isinstance(exc, GlimpseError):
+        return str(exc), exc.exit_status
+    if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] in HOST_MODULES:
+        what = f"{command} needs" if command else "this needs"
+        return (f"{what} the host tools ({exc.name} is missing): install Glimpse with the host extra "
+                "(pip install -e '.[host]'), or run it from .venv-host", 2)
+    if isinstance(exc, OSError):
+        problem = _OS_PROBLEMS.get(exc.errno) or exc.strerror or str(exc)
+        names = [n for n in (exc.filename, exc.filename2) if n is not None]
+        where = " -> ".join(str(n) for n in names)
+        return (f"{where}: {problem}" if where else problem), 2
+    if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):  # SQLite says ENOSPC its own way
+        return _OS_PROBLEMS[errno.ENOSPC], 2
+    if isinstance(exc, sqlite3.Error):
+        return f"database error: {exc}", 2
+    if isinstance(exc, MemoryError):
+        return "out of memory; close other programs or use a smaller input", 2
+    return (f"unexpected {type(exc).__name__}: {exc} (a bug: run again with --debug and report "
+            "the traceback)"), 1
 
 
 def _search(args) -> int:

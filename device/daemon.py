@@ -26,7 +26,7 @@ import threading
 import time
 from pathlib import Path
 
-from device.errors import BundleInvalid, GlimpseError
+from device.errors import BundleInvalid, GlimpseError, PortInUse
 from device.metrics import Metrics
 from device.search import Searcher, SearcherOptions
 from device.settings import Settings
@@ -266,7 +266,8 @@ class Daemon:
         Raises:
             BundleInvalid: the bundle fails verification at start-up.
             HardwareInvalid: a front-panel setting cannot be meant.
-            OSError: the port cannot be bound.
+            PortInUse: another program listens on the port.
+            GlimpseError: the address cannot be listened on for another reason.
         """
         wake = threading.Event()
         self.panel = _open_panel(self, wake.set)
@@ -290,7 +291,10 @@ class Daemon:
         server = wsgi.Server((settings.host, settings.port), create_app(self), numthreads=settings.threads,
                              server_name="glimpse", shutdown_timeout=settings.shutdown_timeout,
                              request_queue_size=128)
-        server.prepare()  # binds and listens: from here a request can be answered
+        try:
+            server.prepare()  # binds and listens: from here a request can be answered
+        except OSError as exc:
+            raise _listen_error(settings.host, settings.port, exc) from None
         requests = {"stop": False, "reload": False}
 
         def _on_signal(signum, frame):
@@ -396,3 +400,34 @@ def configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
 
+
+
+def _listen_error(host: str, port: int, exc: OSError) -> GlimpseError:
+    """Why cheroot could not listen on ``host:port``, said for a person.
+
+    cheroot folds the socket error into a message string, so the address is
+    bound once more here to learn the errno.
+    """
+    import errno
+    import socket
+
+    from device.ports import holder_pid
+
+    code = None
+    try:
+        family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.create_server((host, port), family=family):
+            pass
+    except OSError as probe:
+        code = probe.errno
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if code == errno.EADDRINUSE:
+        pid = holder_pid(port)
+        by = f" (by PID {pid})" if pid is not None else ""
+        return PortInUse(f"{where} is in use{by}; choose another with --port")
+    if code == errno.EACCES:
+        return GlimpseError(f"cannot listen on {where}: permission denied (ports below 1024 need root); "
+                            "choose another with --port")
+    if code == errno.EADDRNOTAVAIL:
+        return GlimpseError(f"cannot listen on {where}: this machine has no such address; check --host")
+    return GlimpseError(f"cannot listen on {where}: {exc}")

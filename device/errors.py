@@ -48,3 +48,7 @@ class RuntimeMissing(GlimpseError, ImportError):
 
 class HardwareInvalid(GlimpseError, ValueError):
     """A front-panel setting (pin, display, command) cannot be used as written."""
+
+
+class PortInUse(GlimpseError, OSError):
+    """The daemon's address is taken by another program."""

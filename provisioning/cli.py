@@ -33,12 +33,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from device.cli import run_command
+from device.cli import CommandParser, run_command
 from device.errors import GlimpseError
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="glimpse-provision",
+    parser = CommandParser(prog="glimpse-provision",
                                      description="Build Glimpse models and bundles on a host.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
