@@ -371,12 +371,6 @@ def test_an_unknown_id_is_a_json_404(spec, client, path, unknown):
         assert "no item" in response.get_json()["error"]
 
 
-def test_an_unknown_id_in_a_query_is_a_404(client):
-    response = client.get("/api/search?q=%400000000000000000+%2B+night")
-    assert response.status_code == 404
-    assert "0000000000000000" in response.get_json()["error"]
-
-
 # --- search behaviour ---------------------------------------------------------------------------------
 
 
@@ -573,3 +567,19 @@ def test_the_bearer_scheme_is_case_insensitive(bundle_dir):
     client = _client({"bundle": str(bundle_dir), "admin_token_sha256": hashlib.sha256(TOKEN.encode()).hexdigest()})
     response = client.post("/api/admin/reload", headers={"Authorization": f"bearer {TOKEN}"})
     assert response.status_code == 200, response.get_json()
+
+
+@pytest.mark.parametrize("query, reason", [
+    ("@nonexistent", "no photo with id 'nonexistent'"),
+    ("@0000000000000000 + night", "no photo with id '0000000000000000'"),
+])
+def test_an_at_word_that_names_no_photo_is_a_400(client, query, reason):
+    response = client.get("/api/search", query_string={"q": query})
+    assert response.status_code == 400
+    assert reason in response.get_json()["error"]
+
+
+def test_photo_ids_in_queries_are_case_insensitive(client, ids):
+    cat = ids["pets/cat.png"]
+    response = client.get("/api/search", query_string={"q": f"@{cat.upper()}", "k": "1"})
+    assert response.status_code == 200 and response.get_json()[0]["id"] == cat

@@ -130,3 +130,10 @@ def test_import_model_without_the_host_tools_says_what_to_install(tmp_path):
     assert proc.returncode == 2
     assert "needs the host tools" in proc.stderr and ".venv-host" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_an_at_word_that_names_no_photo_is_a_cli_error(bundle_dir):
+    proc = run_cli("device", "search", "@nonexistent", "--bundle", str(bundle_dir), check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("glimpse: error: no photo with id 'nonexistent'")
+    assert proc.stdout == ""
