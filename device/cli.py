@@ -244,7 +244,7 @@ def _ingest(args) -> int:
             raise GlimpseError(f"{path}: no such file or folder")
     if not files:
         raise GlimpseError("no photos to add")
-    counts = {"queued": 0, "duplicate": 0, "refused": 0}
+    counts = {"queued": 0, "duplicate": 0, "in_bundle": 0, "refused": 0}
     for start in range(0, len(files), 8):  # a few per request keeps each under the upload limit
         boundary = uuid.uuid4().hex
         body = bytearray()
@@ -259,9 +259,15 @@ def _ingest(args) -> int:
         for result in results:
             counts[result["status"]] += 1
             detail = result.get("reason") or result.get("path")
-            print(f"{result['status']:<9} {result['name']}: {detail}")
-    print(f"{counts['queued']} added, {counts['duplicate']} already there, {counts['refused']} refused")
+            label = _INGEST_LABELS.get(result["status"], result["status"])
+            print(f"{result['name']}: {label}" + (f" ({detail})" if detail else ""))
+    print(f"{counts['queued']} added, {counts['duplicate']} added before, {counts['in_bundle']} already in the bundle, "
+          f"{counts['refused']} refused")
     return 1 if counts["refused"] else 0
+
+
+_INGEST_LABELS = {"queued": "added", "duplicate": "added before", "in_bundle": "already in the bundle",
+                  "refused": "refused"}
 
 
 def _status(args) -> int:
@@ -274,8 +280,10 @@ def _status(args) -> int:
     print(f"up {status['uptime_seconds']:.0f}s, {status['queries']} searches answered")
     ingest = status.get("ingest", {})
     if ingest.get("enabled"):
-        print(f"added on the device: {ingest['ready']} searchable, {ingest['queued']} waiting, "
-              f"{ingest['failed']} unreadable" + (f"; watching {ingest['watching']}" if ingest.get("watching") else ""))
+        held = ingest.get("in_bundle", 0)
+        print(f"added on the device: {ingest.get('searchable', ingest['ready'])} searchable, {ingest['queued']} waiting, "
+              f"{ingest['failed']} unreadable" + (f", {held} already in the bundle" if held else "")
+              + (f"; watching {ingest['watching']}" if ingest.get("watching") else ""))
     else:
         print("adding photos on the device is off")
     return 0

@@ -241,7 +241,10 @@ class Daemon:
         ingest = {"enabled": self.ingest_store is not None}
         if self.ingest_store is not None:
             ingest.update(self.ingest_store.counts())
-            ingest["searchable"] = len(self.delta)
+            # Results show the bundle's copy of a photo both hold: only the others count as searchable.
+            held = sum(1 for item in self.delta.items if item.id in bundle)
+            ingest["searchable"] = len(self.delta) - held
+            ingest["in_bundle"] = held
             ingest["worker_alive"] = self.ingestor.alive
             ingest["watching"] = self.settings.watch_dir or None
         return {

@@ -113,7 +113,7 @@ def _process(job: tuple[str, int, int, str]):
     try:
         photo = images.open_photo(Path(path), min_side=max(size, thumb_size, preview_size))
     except ImageUnreadable as exc:
-        return str(exc)
+        return exc.reason  # the report lists it beside the file's path
     vector = _worker_encoder.embed_image(photo.image)
     return _Processed(vector, images.rendition(photo.image, thumb_size, THUMB_FORMATS[thumb_format][0]),
                       images.rendition(photo.image, preview_size, THUMB_FORMATS[thumb_format][0]) if preview_size else None,

@@ -518,7 +518,7 @@ def _embed_split(data: CaptionSet, images_dir: Path, text: TextTower, image: Ima
             try:
                 photo = photo_io.open_photo(paths[i], min_side=IMAGE_SIZE)
             except ImageUnreadable as exc:
-                skipped.append((paths[i].relative_to(images_dir).as_posix(), str(exc)))
+                skipped.append((paths[i].relative_to(images_dir).as_posix(), exc.reason))
                 continue
             pixels.append(photo_io.tower_input(photo.image, IMAGE_SIZE)[0])
             usable.append(i)

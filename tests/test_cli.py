@@ -45,7 +45,7 @@ def test_table_output_lists_rank_score_and_path(bundle_dir):
 def test_build_skips_and_reports_the_corrupt_photo(library, tmp_path):
     out = tmp_path / "bundle"
     proc = run_cli("provisioning", "build", "--images", str(library), "--out", str(out), "--quiet")
-    assert "skipped broken.jpg:" in proc.stdout
+    assert "skipped broken.jpg: corrupt or truncated" in proc.stdout  # the name once
     assert "skipped notes.txt: not a photo file type" in proc.stdout
     assert "8 photos" in proc.stdout
     report = json.loads((out / "report.json").read_text())

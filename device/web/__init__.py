@@ -206,7 +206,7 @@ def create_app(daemon) -> Flask:
             name = upload.filename or "photo"
             data = upload.read()
             try:
-                added = store.add_upload(name, data)
+                added = store.add_upload(name, data, in_bundle=g.searcher.bundle.__contains__)
             except IngestRefused as exc:
                 results.append({"name": name, "status": "refused", "reason": str(exc)})
                 continue
