@@ -102,8 +102,17 @@ def test_missing_bundle_is_an_error(tmp_path):
 
 def test_selftest_passes_on_this_runtime():
     proc = run_cli("device", "selftest")
-    lines = dict(line.split(": min cosine ") for line in proc.stdout.splitlines())
+    *figures, verdict = proc.stdout.splitlines()
+    lines = dict(line.split(": min cosine ") for line in figures)
     assert float(lines["text"]) >= 0.99 and float(lines["image"]) >= 0.99
+    assert verdict == "selftest: PASS" and proc.returncode == 0
+
+
+def test_selftest_ends_with_a_failing_verdict_and_status():
+    proc = run_cli("device", "selftest", "--min-cosine", "1.01", check=False)
+    assert proc.returncode == 1
+    verdict = proc.stdout.splitlines()[-1]
+    assert verdict.startswith("selftest: FAIL (text tower min cosine ") and "is below 1.01" in verdict
 
 
 def test_python_m_and_console_scripts_share_their_entry_points():
