@@ -98,6 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     return run_command("glimpse", _COMMANDS[args.command], args)
 
 
+def _debug_output(args) -> None:
+    """``--debug``: also show the native runtime's routine log lines."""
+    if args.debug:
+        from device import runtime
+
+        runtime.show_native_log()
+
+
 def run_command(prog: str, command, args) -> int:
     """Run one subcommand the way both command lines do.
 
@@ -107,6 +115,7 @@ def run_command(prog: str, command, args) -> int:
     disk, a file that cannot be read) names the file and the problem; a
     missing host-only library says what to install. Ctrl-C exits 130.
     """
+    _debug_output(args)
     try:
         return command(args)
     except KeyboardInterrupt:

@@ -146,3 +146,22 @@ def test_an_at_word_that_names_no_photo_is_a_cli_error(bundle_dir):
     assert proc.returncode == 2
     assert proc.stderr.startswith("glimpse: error: no photo with id 'nonexistent'")
     assert proc.stdout == ""
+
+
+def test_search_keeps_stderr_clean_and_debug_shows_the_runtime_log(bundle_dir):
+    quiet = run_cli("device", "search", "a cat", "--bundle", str(bundle_dir), "--json")
+    assert quiet.stderr == ""  # a script piping --json sees only its answer
+    assert json.loads(quiet.stdout)
+    loud = run_cli("device", "--debug", "search", "a cat", "--bundle", str(bundle_dir), "--json")
+    assert "XNNPACK delegate" in loud.stderr
+
+
+def test_the_native_log_filter_passes_other_lines_through(capfd):
+    import os
+
+    from device import runtime
+
+    with runtime._routine_native_log_hidden():
+        os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
+        os.write(2, b"ERROR: something that matters\n")
+    assert capfd.readouterr().err == "ERROR: something that matters\n"
