@@ -25,6 +25,7 @@ from pathlib import Path
 
 from device import settings
 from device.errors import GlimpseError
+from device.wording import plural
 
 
 class CommandParser(argparse.ArgumentParser):
@@ -284,9 +285,9 @@ def _status(args) -> int:
     if args.json:
         print(json.dumps(status, indent=1))
         return 0
-    print(f"bundle {status['bundle_id']}: {status['items']} photos, model {status['model']}, "
+    print(f"bundle {status['bundle_id']}: {plural(status['items'], 'photo')}, model {status['model']}, "
           f"index {status['index'].get('kind')}")
-    print(f"up {status['uptime_seconds']:.0f}s, {status['queries']} searches answered")
+    print(f"up {status['uptime_seconds']:.0f}s, {plural(status['queries'], 'search', 'searches')} answered")
     ingest = status.get("ingest", {})
     if ingest.get("enabled"):
         held = ingest.get("in_bundle", 0)
@@ -313,8 +314,8 @@ def _verify(args) -> int:
     from device.bundle import Bundle
 
     bundle = Bundle.open(args.bundle, verify="full")
-    print(f"{bundle.path}: bundle {bundle.id} is intact: {len(bundle)} photos, "
-          f"model {bundle.spec.full_id}, {len(bundle.manifest['files'])} files checked")
+    print(f"{bundle.path}: bundle {bundle.id} is intact: {plural(len(bundle), 'photo')}, "
+          f"model {bundle.spec.full_id}, {plural(len(bundle.manifest['files']), 'file')} checked")
     return 0
 
 

@@ -32,6 +32,7 @@ from device.search import Searcher, SearcherOptions
 from device.settings import Settings
 from device.slideshow import Slideshow
 from device.systemd import Notifier
+from device.wording import plural
 
 log = logging.getLogger("glimpse")
 
@@ -314,7 +315,7 @@ class Daemon:
         self.panel.post("ready")
         self.panel.tick()
         self.notifier.ready(f"serving {self.searcher.bundle.id} at {url}")
-        print(f"Glimpse is serving {len(self.searcher.bundle)} photos at {url}", flush=True)
+        print(f"Glimpse is serving {plural(len(self.searcher.bundle), 'photo')} at {url}", flush=True)
         status = 0
         last_ping = 0.0
         try:

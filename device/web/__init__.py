@@ -25,6 +25,7 @@ from werkzeug.exceptions import HTTPException
 from device import __version__
 from device.errors import BundleInvalid, GlimpseError, ItemNotFound, QueryInvalid
 from device.search import Filters, check_page
+from device.wording import plural
 
 log = logging.getLogger("glimpse.web")
 
@@ -49,7 +50,7 @@ def create_app(daemon) -> Flask:
 
     @app.context_processor
     def _globals():
-        return {"ingest_on": daemon.ingest_store is not None}
+        return {"ingest_on": daemon.ingest_store is not None, "plural": plural}
 
     @app.template_filter("urlencode_page")
     def _urlencode_page(args, page: int) -> str:
@@ -284,7 +285,7 @@ def create_app(daemon) -> Flask:
             slides = [dict(_slide(r.item), score=round(float(r.score), 4)) for r in showing.results]
             return slides, "results", f"\u201c{showing.query}\u201d"
         items = searcher.bundle.items[:settings.slideshow_results]
-        return [_slide(item) for item in items], "library", f"{len(searcher.bundle)} photos on this Glimpse"
+        return [_slide(item) for item in items], "library", f"{plural(len(searcher.bundle), 'photo')} on this Glimpse"
 
     def _slide(item) -> dict:
         return {"id": item.id, "name": item.name, "path": item.path,
