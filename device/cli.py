@@ -28,9 +28,25 @@ from device.errors import GlimpseError
 from device.wording import plural
 
 
+class _Commands(argparse._SubParsersAction):
+    """Subcommands whose ``--help`` opens with what they do: the one-line
+    ``help`` of the command list, as a sentence, unless a description is given."""
+
+    def add_parser(self, name, **kwargs):
+        summary = kwargs.get("help")
+        if summary and "description" not in kwargs:
+            kwargs["description"] = summary[0].upper() + summary[1:] + ("" if summary.endswith(".") else ".")
+        return super().add_parser(name, **kwargs)
+
+
 class CommandParser(argparse.ArgumentParser):
     """An argument parser whose subcommands report errors as the program does:
-    ``PROG: error: ...`` (not ``PROG SUBCOMMAND: error:``), after the usage line."""
+    ``PROG: error: ...`` (not ``PROG SUBCOMMAND: error:``), after the usage line,
+    and whose subcommands' ``--help`` has a description line."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register("action", "parsers", _Commands)
 
     def error(self, message):
         self.print_usage(sys.stderr)

@@ -165,3 +165,19 @@ def test_the_native_log_filter_passes_other_lines_through(capfd):
         os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
         os.write(2, b"ERROR: something that matters\n")
     assert capfd.readouterr().err == "ERROR: something that matters\n"
+
+
+@pytest.mark.parametrize("module", ["device", "provisioning"])
+def test_every_subcommand_help_has_a_description_line(module):
+    from device import cli as device_cli
+    from provisioning import cli as provisioning_cli
+
+    parser = (device_cli if module == "device" else provisioning_cli)._parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    assert len(commands) >= 10
+    for name in commands:
+        text = run_cli(module, name, "--help").stdout
+        # usage (possibly wrapped), a blank line, then the description: a sentence, not an option list.
+        description = text.split("\n\n")[1].strip()
+        assert description[0].isupper() and description.endswith("."), (name, text)
+        assert not description.startswith(("positional arguments", "options")), (name, text)
