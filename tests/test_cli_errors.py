@@ -238,3 +238,23 @@ def test_a_port_in_use_is_named_with_its_holder(bundle_dir, tmp_path):
     error = next(line for line in proc.stderr.splitlines() if line.startswith("glimpse: error:"))
     assert error == (f"glimpse: error: 127.0.0.1:{port} is in use (by PID {os.getpid()}); "
                      "choose another with --port")
+
+
+HOST_ONLY = [
+    ["model", "default", "--out", "{missing}"],
+    ["import-model", "{bundle}", "--out", "{missing}"],
+    ["train", "--captions", "{unreadable}.conf", "--images", "{bundle}", "--out", "{missing}"],
+    ["export-tasklib", "--bundle", "{bundle}", "--out", "{missing}.tflite"],
+]
+
+
+@pytest.mark.parametrize("args", HOST_ONLY, ids=[a[0] for a in HOST_ONLY])
+def test_host_only_commands_without_pytorch_say_what_to_install(args, shared_dir, bundle_dir):
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is not None:
+        pytest.skip("PyTorch is installed here (.venv-host): the host tests run these commands")
+    proc = run(HOST, *_fill(args, shared_dir, bundle_dir))
+    assert_one_error_line(proc, "glimpse-provision", "host", "[host]")
+    assert proc.returncode == 2
+    assert not (shared_dir / "missing").exists()
