@@ -307,8 +307,9 @@ def markdown() -> str:
 Glimpse reads its settings in layers, each overriding the one before:
 
 1. the defaults below;
-2. the file `/etc/glimpse/glimpse.conf` (another with `GLIMPSE_CONFIG=PATH`): `key = value` lines,
-   optionally under a `[glimpse]` header;
+2. the file `/etc/glimpse/glimpse.conf` (another with `GLIMPSE_CONFIG=PATH` or `--config PATH`): `key = value`
+   lines, optionally under a `[glimpse]` header. The default file and `GLIMPSE_CONFIG`'s may be absent (no
+   settings from a file); a file named with `--config` must exist, or the command stops with an error;
 3. the environment: `GLIMPSE_<KEY>`;
 4. the command line of `glimpse serve`: `--key-with-dashes VALUE`.
 
