@@ -11,7 +11,8 @@
     glimpse health [--port 8080] [--wait SECONDS]   print the daemon's /healthz answer
     glimpse selftest [--model DIR]
 
-Errors print ``glimpse: error: ...`` and exit 2; ``--debug`` shows tracebacks.
+Errors print one line ``glimpse: error: ...`` and exit 2 (1 for an unexpected
+error, a bug); ``--debug`` shows tracebacks and LiteRT's native log lines.
 """
 
 from __future__ import annotations
