@@ -37,10 +37,14 @@ def _routine_native_log_hidden():
     logger), so the file descriptor itself is redirected. Anything else written
     meanwhile (a real error, another thread's log line) is written back.
     """
-    if _show_routine:
+    try:
+        caught = None if _show_routine else tempfile.TemporaryFile()
+    except OSError:  # no room for the catch (a full /tmp): let the lines through rather than fail
+        caught = None
+    if caught is None:
         yield
         return
-    with _stderr_lock, tempfile.TemporaryFile() as caught:
+    with _stderr_lock, caught:
         sys.stderr.flush()
         saved = os.dup(2)
         os.dup2(caught.fileno(), 2)
