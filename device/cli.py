@@ -11,22 +11,51 @@
     glimpse health [--port 8080] [--wait SECONDS]   print the daemon's /healthz answer
     glimpse selftest [--model DIR]
 
-Errors print ``glimpse: error: ...`` and exit 2; ``--debug`` shows tracebacks.
+Errors print one line ``glimpse: error: ...`` and exit 2 (1 for an unexpected
+error, a bug); ``--debug`` shows tracebacks and LiteRT's native log lines.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import sqlite3
 import sys
 from pathlib import Path
 
 from device import settings
 from device.errors import GlimpseError
+from device.wording import plural
+
+
+class _Commands(argparse._SubParsersAction):
+    """Subcommands whose ``--help`` opens with what they do: the one-line
+    ``help`` of the command list, as a sentence, unless a description is given."""
+
+    def add_parser(self, name, **kwargs):
+        summary = kwargs.get("help")
+        if summary and "description" not in kwargs:
+            kwargs["description"] = summary[0].upper() + summary[1:] + ("" if summary.endswith(".") else ".")
+        return super().add_parser(name, **kwargs)
+
+
+class CommandParser(argparse.ArgumentParser):
+    """An argument parser whose subcommands report errors as the program does:
+    ``PROG: error: ...`` (not ``PROG SUBCOMMAND: error:``), after the usage line,
+    and whose subcommands' ``--help`` has a description line."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register("action", "parsers", _Commands)
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog.split()[0]}: error: {message}\n")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="glimpse", description="Offline text-to-image photo search.")
+    parser = CommandParser(prog="glimpse", description="Offline text-to-image photo search.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -87,20 +116,74 @@ def main(argv: list[str] | None = None) -> int:
     return run_command("glimpse", _COMMANDS[args.command], args)
 
 
+def _debug_output(args) -> None:
+    """``--debug``: also show the native runtime's routine log lines."""
+    if args.debug:
+        from device import runtime
+
+        runtime.show_native_log()
+
+
 def run_command(prog: str, command, args) -> int:
-    """Run one subcommand the way both command lines do: a :class:`GlimpseError`
-    becomes ``PROG: error: ...`` on stderr and its ``exit_status`` (a traceback
-    only with ``--debug``); Ctrl-C exits 130."""
+    """Run one subcommand the way both command lines do.
+
+    Any error ends as one line ``PROG: error: ...`` on stderr and a non-zero
+    status (a traceback only with ``--debug``): a :class:`GlimpseError` says
+    its own message and exits with its ``exit_status``; an ``OSError`` (a full
+    disk, a file that cannot be read) names the file and the problem; a
+    missing host-only library says what to install. Ctrl-C exits 130.
+    """
+    _debug_output(args)
     try:
         return command(args)
-    except GlimpseError as exc:
-        if args.debug:
-            raise
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return exc.exit_status
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - the one place errors become messages
+        if args.debug:
+            raise
+        message, status = describe_error(exc, args.command)
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return status
+
+
+#: Modules only the host extra installs (PyTorch and friends).
+HOST_MODULES = {"torch", "torchvision", "litert_torch", "open_clip", "transformers", "safetensors",
+                "google_crc32c", "ai_edge_torch", "tensorflow"}
+
+_OS_PROBLEMS = {
+    errno.ENOSPC: "no space left on the disk; free some space and try again",
+    errno.EDQUOT: "over the disk quota; free some space and try again",
+    errno.EACCES: "permission denied; check the owner and mode (ls -l) or run as a user who may use it",
+    errno.EPERM: "operation not permitted; check the owner and mode (ls -l)",
+    errno.EROFS: "the file system is read-only",
+    errno.ENOENT: "no such file or folder",
+    errno.ENOTDIR: "a part of the path is not a folder",
+    errno.EISDIR: "is a folder, not a file",
+}
+
+
+def describe_error(exc: BaseException, command: str | None = None) -> tuple[str, int]:
+    """The one-line message and exit status a command line shows for ``exc``."""
+    if isinstance(exc, GlimpseError):
+        return str(exc), exc.exit_status
+    if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] in HOST_MODULES:
+        what = f"{command} needs" if command else "this needs"
+        return (f"{what} the host tools ({exc.name} is missing): install Glimpse with the host extra "
+                "(pip install -e '.[host]'), or run it from .venv-host", 2)
+    if isinstance(exc, OSError):
+        problem = _OS_PROBLEMS.get(exc.errno) or exc.strerror or str(exc)
+        names = [n for n in (exc.filename, exc.filename2) if n is not None]
+        where = " -> ".join(str(n) for n in names)
+        return (f"{where}: {problem}" if where else problem), 2
+    if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):  # SQLite says ENOSPC its own way
+        return _OS_PROBLEMS[errno.ENOSPC], 2
+    if isinstance(exc, sqlite3.Error):
+        return f"database error: {exc}", 2
+    if isinstance(exc, MemoryError):
+        return "out of memory; close other programs or use a smaller input", 2
+    return (f"unexpected {type(exc).__name__}: {exc} (a bug: run again with --debug and report "
+            "the traceback)"), 1
 
 
 def _search(args) -> int:
@@ -191,7 +274,7 @@ def _ingest(args) -> int:
             raise GlimpseError(f"{path}: no such file or folder")
     if not files:
         raise GlimpseError("no photos to add")
-    counts = {"queued": 0, "duplicate": 0, "refused": 0}
+    counts = {"queued": 0, "duplicate": 0, "in_bundle": 0, "refused": 0}
     for start in range(0, len(files), 8):  # a few per request keeps each under the upload limit
         boundary = uuid.uuid4().hex
         body = bytearray()
@@ -206,9 +289,15 @@ def _ingest(args) -> int:
         for result in results:
             counts[result["status"]] += 1
             detail = result.get("reason") or result.get("path")
-            print(f"{result['status']:<9} {result['name']}: {detail}")
-    print(f"{counts['queued']} added, {counts['duplicate']} already there, {counts['refused']} refused")
+            label = _INGEST_LABELS.get(result["status"], result["status"])
+            print(f"{result['name']}: {label}" + (f" ({detail})" if detail else ""))
+    print(f"{counts['queued']} added, {counts['duplicate']} added before, {counts['in_bundle']} already in the bundle, "
+          f"{counts['refused']} refused")
     return 1 if counts["refused"] else 0
+
+
+_INGEST_LABELS = {"queued": "added", "duplicate": "added before", "in_bundle": "already in the bundle",
+                  "refused": "refused"}
 
 
 def _status(args) -> int:
@@ -216,13 +305,15 @@ def _status(args) -> int:
     if args.json:
         print(json.dumps(status, indent=1))
         return 0
-    print(f"bundle {status['bundle_id']}: {status['items']} photos, model {status['model']}, "
+    print(f"bundle {status['bundle_id']}: {plural(status['items'], 'photo')}, model {status['model']}, "
           f"index {status['index'].get('kind')}")
-    print(f"up {status['uptime_seconds']:.0f}s, {status['queries']} searches answered")
+    print(f"up {status['uptime_seconds']:.0f}s, {plural(status['queries'], 'search', 'searches')} answered")
     ingest = status.get("ingest", {})
     if ingest.get("enabled"):
-        print(f"added on the device: {ingest['ready']} searchable, {ingest['queued']} waiting, "
-              f"{ingest['failed']} unreadable" + (f"; watching {ingest['watching']}" if ingest.get("watching") else ""))
+        held = ingest.get("in_bundle", 0)
+        print(f"added on the device: {ingest.get('searchable', ingest['ready'])} searchable, {ingest['queued']} waiting, "
+              f"{ingest['failed']} unreadable" + (f", {held} already in the bundle" if held else "")
+              + (f"; watching {ingest['watching']}" if ingest.get("watching") else ""))
     else:
         print("adding photos on the device is off")
     return 0
@@ -243,8 +334,8 @@ def _verify(args) -> int:
     from device.bundle import Bundle
 
     bundle = Bundle.open(args.bundle, verify="full")
-    print(f"{bundle.path}: bundle {bundle.id} is intact: {len(bundle)} photos, "
-          f"model {bundle.spec.full_id}, {len(bundle.manifest['files'])} files checked")
+    print(f"{bundle.path}: bundle {bundle.id} is intact: {plural(len(bundle), 'photo')}, "
+          f"model {bundle.spec.full_id}, {plural(len(bundle.manifest['files']), 'file')} checked")
     return 0
 
 
@@ -283,11 +374,11 @@ def _selftest(args) -> int:
     figures = run_selftest(args.model)
     for name, value in figures.items():
         print(f"{name}: min cosine {value:.6f}")
-    worst = min(figures.values())
-    if worst < args.min_cosine:
-        print(f"glimpse: error: parity {worst:.6f} is below {args.min_cosine}", file=sys.stderr)
-        return 1
-    return 0
+    failed = [f"{name} tower min cosine {value:.6f} is below {args.min_cosine}"
+              for name, value in figures.items() if value < args.min_cosine]
+    # The verdict is the last line, for a person and for scripts (the exit status says the same).
+    print(f"selftest: FAIL ({'; '.join(failed)})" if failed else "selftest: PASS")
+    return 1 if failed else 0
 
 
 _COMMANDS = {"search": _search, "serve": _serve, "config": _config, "reload": _reload, "ingest": _ingest,

@@ -26,12 +26,13 @@ import threading
 import time
 from pathlib import Path
 
-from device.errors import BundleNameInvalid, GlimpseError
+from device.errors import BundleNameInvalid, GlimpseError, PortInUse
 from device.metrics import Metrics
 from device.search import Searcher, SearcherOptions
 from device.settings import Settings
 from device.slideshow import Slideshow
 from device.systemd import Notifier
+from device.wording import plural
 
 log = logging.getLogger("glimpse")
 
@@ -296,7 +297,10 @@ class Daemon:
         ingest = {"enabled": self.ingest_store is not None}
         if self.ingest_store is not None:
             ingest.update(self.ingest_store.counts())
-            ingest["searchable"] = len(self.delta)
+            # Results show the bundle's copy of a photo both hold: only the others count as searchable.
+            held = sum(1 for item in self.delta.items if item.id in bundle)
+            ingest["searchable"] = len(self.delta) - held
+            ingest["in_bundle"] = held
             ingest["worker_alive"] = self.ingestor.alive
             ingest["watching"] = self.settings.watch_dir or None
         return {
@@ -321,7 +325,8 @@ class Daemon:
         Raises:
             BundleInvalid: the bundle fails verification at start-up.
             HardwareInvalid: a front-panel setting cannot be meant.
-            OSError: the port cannot be bound.
+            PortInUse: another program listens on the port.
+            GlimpseError: the address cannot be listened on for another reason.
         """
         wake = threading.Event()
         self.panel = _open_panel(self, wake.set)
@@ -341,8 +346,11 @@ class Daemon:
         settings = self.settings
         # A deep listen backlog: with a default of 5, a burst of new connections
         # overflows it and clients stall a whole SYN retransmit (1 s).
-        server = HttpServer(create_app(self), settings.host, settings.port, threads=settings.threads,
-                            limits=ServerLimits.from_settings(settings), backlog=128)
+        try:
+            server = HttpServer(create_app(self), settings.host, settings.port, threads=settings.threads,
+                                limits=ServerLimits.from_settings(settings), backlog=128)
+        except OSError as exc:
+            raise _listen_error(settings.host, settings.port, exc) from None
         # Bound and listening: from here a request can be answered.
         requests = {"stop": False, "reload": False}
 
@@ -360,7 +368,7 @@ class Daemon:
         self.panel.post("ready")
         self.panel.tick()
         self.notifier.ready(f"serving {self.searcher.bundle.id} at {url}")
-        print(f"Glimpse is serving {len(self.searcher.bundle)} photos at {url}", flush=True)
+        print(f"Glimpse is serving {plural(len(self.searcher.bundle), 'photo')} at {url}", flush=True)
         status = 0
         last_ping = 0.0
         try:
@@ -449,3 +457,23 @@ def configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
 
+
+
+def _listen_error(host: str, port: int, exc: OSError) -> GlimpseError:
+    """Why the server could not listen on ``host:port`` (``exc`` from binding), said for a person."""
+    import errno
+
+    from device.ports import holder_pid
+
+    code = exc.errno
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if code == errno.EADDRINUSE:
+        pid = holder_pid(port)
+        by = f" (by PID {pid})" if pid is not None else ""
+        return PortInUse(f"{where} is in use{by}; choose another with --port")
+    if code == errno.EACCES:
+        return GlimpseError(f"cannot listen on {where}: permission denied (ports below 1024 need root); "
+                            "choose another with --port")
+    if code == errno.EADDRNOTAVAIL:
+        return GlimpseError(f"cannot listen on {where}: this machine has no such address; check --host")
+    return GlimpseError(f"cannot listen on {where}: {exc}")

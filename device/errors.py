@@ -37,7 +37,15 @@ class QueryInvalid(GlimpseError, ValueError):
 
 
 class ImageUnreadable(GlimpseError, ValueError):
-    """A file is not an image Glimpse can read (corrupt, truncated, too large...)."""
+    """A file is not an image Glimpse can read (corrupt, truncated, too large...).
+
+    ``str()`` names the file; :attr:`reason` is the problem alone, for lists
+    that show the file's name beside it.
+    """
+
+    def __init__(self, name: str, reason: str):
+        super().__init__(f"{name}: {reason}")
+        self.name, self.reason = name, reason
 
 
 class ItemNotFound(GlimpseError, KeyError):
@@ -53,3 +61,7 @@ class RuntimeMissing(GlimpseError, ImportError):
 
 class HardwareInvalid(GlimpseError, ValueError):
     """A front-panel setting (pin, display, command) cannot be used as written."""
+
+
+class PortInUse(GlimpseError, OSError):
+    """The daemon's address is taken by another program."""

@@ -21,6 +21,9 @@ from device.errors import ImageUnreadable
 PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp",
                             ".heic", ".heif"})
 
+#: Why a file that is not an image is refused (said for a person, not in Pillow's terms).
+NOT_AN_IMAGE = "not a photo: the file is not an image Glimpse can read (JPEG, PNG, WebP, GIF, TIFF, BMP, HEIC)"
+
 #: A photo over this many pixels is refused as a decompression bomb (a 100 MP
 #: camera frame still passes; a crafted 40k x 40k PNG does not).
 MAX_PIXELS = 120_000_000
@@ -64,7 +67,7 @@ def open_photo(path: Path, min_side: int | None = None, max_pixels: int = MAX_PI
     _register_heif()
     try:
         if path.stat().st_size == 0:
-            raise ImageUnreadable(f"{path.name}: empty file")
+            raise ImageUnreadable(path.name, "empty file")
         with warnings.catch_warnings():
             # Pillow warns past its own limit (89 MP), below ours; the explicit
             # check after opening (before decoding) is the one that counts.
@@ -72,9 +75,7 @@ def open_photo(path: Path, min_side: int | None = None, max_pixels: int = MAX_PI
             with Image.open(path) as img:
                 width, height = img.size
                 if width * height > max_pixels:
-                    raise ImageUnreadable(
-                        f"{path.name}: {width}x{height} pixels is over the limit of {max_pixels}"
-                    )
+                    raise ImageUnreadable(path.name, f"{width}x{height} pixels is over the limit of {max_pixels}")
                 img.seek(0)
                 taken = _exif_date(img)
                 orientation = img.getexif().get(0x0112, 1)
@@ -88,13 +89,13 @@ def open_photo(path: Path, min_side: int | None = None, max_pixels: int = MAX_PI
     except ImageUnreadable:
         raise
     except FileNotFoundError:
-        raise ImageUnreadable(f"{path.name}: no such file") from None
+        raise ImageUnreadable(path.name, "no such file") from None
     except UnidentifiedImageError:
-        raise ImageUnreadable(f"{path.name}: not an image Pillow can read") from None
+        raise ImageUnreadable(path.name, NOT_AN_IMAGE) from None
     except Image.DecompressionBombError:
-        raise ImageUnreadable(f"{path.name}: refused as a decompression bomb") from None
+        raise ImageUnreadable(path.name, "refused as a decompression bomb") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
-        raise ImageUnreadable(f"{path.name}: corrupt or truncated ({exc})") from None
+        raise ImageUnreadable(path.name, f"corrupt or truncated ({exc})") from None
     if orientation in (5, 6, 7, 8):  # rotated by 90 degrees: full size swaps too
         width, height = height, width
     return Photo(image=rgb, width=width, height=height, taken=taken)
@@ -129,7 +130,7 @@ def check_photo_bytes(data: bytes, name: str = "upload", max_pixels: int = MAX_P
 
     _register_heif()
     if not data:
-        raise ImageUnreadable(f"{name}: empty file")
+        raise ImageUnreadable(name, "empty file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -137,11 +138,11 @@ def check_photo_bytes(data: bytes, name: str = "upload", max_pixels: int = MAX_P
                 width, height = img.size
                 fmt = img.format or "unknown"
     except Image.DecompressionBombError:
-        raise ImageUnreadable(f"{name}: refused as a decompression bomb") from None
+        raise ImageUnreadable(name, "refused as a decompression bomb") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):
-        raise ImageUnreadable(f"{name}: not an image Pillow can read") from None
+        raise ImageUnreadable(name, NOT_AN_IMAGE) from None
     if width * height > max_pixels:
-        raise ImageUnreadable(f"{name}: {width}x{height} pixels is over the limit of {max_pixels}; "
+        raise ImageUnreadable(name, f"{width}x{height} pixels is over the limit of {max_pixels}; "
                               "refused as a decompression bomb")
     return fmt
 

@@ -72,7 +72,7 @@ class Added:
     """What :meth:`IngestStore.add` did with one file."""
 
     id: str
-    status: str  # queued, duplicate
+    status: str  # queued; duplicate (added before); in_bundle (the served bundle holds it)
     path: str
 
 
@@ -124,21 +124,30 @@ class IngestStore:
 
     # --- adding ---------------------------------------------------------------------
 
-    def add_upload(self, name: str, data: bytes) -> Added:
+    def add_upload(self, name: str, data: bytes, in_bundle=None) -> Added:
         """Store an uploaded photo durably and queue it.
 
+        Args:
+            name: the file's name as uploaded.
+            data: its bytes.
+            in_bundle: ``id -> bool``, whether the served bundle holds that photo
+                already; such a photo is not stored again (status ``in_bundle``).
+
         Raises:
-            IngestRefused: not a photo file type, not an image, or a decompression bomb.
+            IngestRefused: not a photo file type, not an image, or a decompression
+                bomb; the message is the reason alone (results show the name beside it).
         """
         suffix = PurePosixPath(name).suffix.lower()
         if suffix not in images.PHOTO_SUFFIXES:
-            raise IngestRefused(f"{name}: not a photo file type ({', '.join(sorted(images.PHOTO_SUFFIXES))})")
+            raise IngestRefused(f"not a photo file type ({', '.join(sorted(images.PHOTO_SUFFIXES))})")
         try:
             images.check_photo_bytes(data, name)  # header only: cheap, and refuses bombs before storing
         except ImageUnreadable as exc:
-            raise IngestRefused(str(exc)) from None
+            raise IngestRefused(exc.reason) from None  # each result carries the name beside the reason
         digest = hashlib.sha256(data).hexdigest()
         ident = item_id(digest)
+        if in_bundle is not None and in_bundle(ident):
+            return Added(ident, "in_bundle", "")
         with self._lock:
             known = self._db.execute("SELECT id, path FROM added WHERE sha256 = ?", (digest,)).fetchone()
             if known:
@@ -390,7 +399,7 @@ class Ingestor:
             photo = images.open_photo(self.store.source_path(source),
                                       min_side=max(encoder.input_size, self.thumb_size, self.preview_size))
         except ImageUnreadable as exc:
-            self.store.mark_failed(ident, str(exc))
+            self.store.mark_failed(ident, exc.reason)  # listed beside the photo's path
             log.warning("added photo %s skipped: %s", ident, exc)
             self._on_ready()
             return False

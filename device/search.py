@@ -203,9 +203,8 @@ class Searcher:
         ``2:dog + cat``, ``@ID``).
 
         Raises:
-            QueryInvalid: bad query (see :func:`check_query` and :func:`device.query.parse`)
-                or bad ``k``/``offset``.
-            ItemNotFound: an ``@ID`` term names no photo.
+            QueryInvalid: bad query (see :func:`check_query` and :func:`device.query.parse`),
+                an ``@ID`` term that names no photo, or bad ``k``/``offset``.
         """
         query = check_query(query, self.options.max_query_chars)
         k, offset = check_page(k, offset)
@@ -215,8 +214,8 @@ class Searcher:
         """The query vector: weighted sum of the terms' embeddings, unit length.
 
         Raises:
-            QueryInvalid: the terms cancel out (e.g. ``cat -cat``) or bad syntax.
-            ItemNotFound: an ``@ID`` term names no photo.
+            QueryInvalid: the terms cancel out (e.g. ``cat -cat``), bad syntax, or an
+                ``@ID`` term names no photo.
         """
         terms = query_syntax.parse(query)
         if len(terms) == 1 and terms[0].text is not None:
@@ -224,7 +223,11 @@ class Searcher:
         total = np.zeros(self.encoder.dim, dtype=np.float32)
         for term in terms:
             if term.item_id is not None:
-                vector = self.embedding_of(term.item_id)
+                try:
+                    vector = self.embedding_of(term.item_id)
+                except ItemNotFound:  # a bad query, not a missing page: 400 in the API
+                    raise QueryInvalid(f"no photo with id {term.item_id!r} in this library "
+                                       f"(to search for the text, quote it: \"@{term.item_id}\")") from None
             else:
                 vector = self.encoder.embed(term.text)
             total += np.float32(term.weight) * vector

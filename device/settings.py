@@ -240,16 +240,18 @@ def load(cli: dict | None = None, env: dict | None = None, config_file: Path | N
         cli: values given on the command line (``None`` values are ignored).
         env: the environment (default ``os.environ``).
         config_file: the configuration file (default ``GLIMPSE_CONFIG`` or
-            ``/etc/glimpse/glimpse.conf``); a missing file is fine.
+            ``/etc/glimpse/glimpse.conf``). A file named here (``--config``) must
+            exist; the default or ``GLIMPSE_CONFIG``'s may be absent (no settings).
 
     Raises:
-        SettingInvalid: a bad value or unknown key, naming key and source.
+        SettingInvalid: a bad value or unknown key, naming key and source, or a
+            configuration file that was asked for and is missing.
     """
     env = os.environ if env is None else env
     values = {s.name: s.default for s in SETTINGS}
     sources = {s.name: "default" for s in SETTINGS}
     path = Path(config_file or env.get(ENV_PREFIX + "CONFIG") or CONFIG_FILE)
-    for name, raw in _read_config_file(path).items():
+    for name, raw in _read_config_file(path, required=bool(config_file)).items():
         values[name] = BY_NAME[name].parse(raw, f"{path}")
         sources[name] = str(path)
     for setting in SETTINGS:
@@ -266,11 +268,14 @@ def load(cli: dict | None = None, env: dict | None = None, config_file: Path | N
     return Settings(values, sources)
 
 
-def _read_config_file(path: Path) -> dict:
-    """``key = value`` lines of the ``[glimpse]`` section (the header may be omitted)."""
+def _read_config_file(path: Path, required: bool = False) -> dict:
+    """``key = value`` lines of the ``[glimpse]`` section (the header may be omitted);
+    nothing for a missing file unless it is ``required``."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
+        if required:
+            raise SettingInvalid(f"{path}: no such configuration file") from None
         return {}
     except OSError as exc:
         raise SettingInvalid(f"cannot read {path}: {exc.strerror}") from None
@@ -327,8 +332,9 @@ def markdown() -> str:
 Glimpse reads its settings in layers, each overriding the one before:
 
 1. the defaults below;
-2. the file `/etc/glimpse/glimpse.conf` (another with `GLIMPSE_CONFIG=PATH`): `key = value` lines,
-   optionally under a `[glimpse]` header;
+2. the file `/etc/glimpse/glimpse.conf` (another with `GLIMPSE_CONFIG=PATH` or `--config PATH`): `key = value`
+   lines, optionally under a `[glimpse]` header. The default file and `GLIMPSE_CONFIG`'s may be absent (no
+   settings from a file); a file named with `--config` must exist, or the command stops with an error;
 3. the environment: `GLIMPSE_<KEY>`;
 4. the command line of `glimpse serve`: `--key-with-dashes VALUE`.
 

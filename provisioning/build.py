@@ -28,6 +28,7 @@ from device.encoders import EncoderOptions, ImageEncoder
 from device.errors import GlimpseError, ImageUnreadable
 from device.model import SPEC_NAME, default_model_dir, read_spec, sha256_file
 from device.index import choose_kind
+from device.wording import plural
 from provisioning.cache import BuildCache, HashCache, default_cache_dir
 from provisioning.index import IndexOptions, build_index, text_queries
 
@@ -113,7 +114,7 @@ def _process(job: tuple[str, int, int, str]):
     try:
         photo = images.open_photo(Path(path), min_side=max(size, thumb_size, preview_size))
     except ImageUnreadable as exc:
-        return str(exc)
+        return exc.reason  # the report lists it beside the file's path
     vector = _worker_encoder.embed_image(photo.image)
     return _Processed(vector, images.rendition(photo.image, thumb_size, THUMB_FORMATS[thumb_format][0]),
                       images.rendition(photo.image, preview_size, THUMB_FORMATS[thumb_format][0]) if preview_size else None,
@@ -220,7 +221,7 @@ def build(options: BuildOptions) -> dict:
         with staged_directory(out) as work:
             items, vectors, embedded = _embed_all(unique, model_dir, spec, options, cache, work, skipped)
             if not items:
-                raise BuildFailed(f"{root}: no usable photo found ({len(skipped)} files skipped)")
+                raise BuildFailed(f"{root}: no usable photo found ({plural(len(skipped), 'file')} skipped)")
             _copy_model(model_dir, work / bundle_format.MODEL_DIR)
             embeddings = np.asarray(vectors, dtype=np.float32).reshape(len(items), spec.dim)
             np.save(work / bundle_format.EMBEDDINGS, embeddings)
@@ -312,7 +313,7 @@ def _embed_all(unique: dict, model_dir: Path, spec, options: BuildOptions, cache
             pool.close()
         except KeyboardInterrupt:
             raise BuildInterrupted(
-                f"interrupted: {len(results)} of {len(unique)} photos are done and cached; "
+                f"interrupted: {len(results)} of {plural(len(unique), 'photo')} done and cached; "
                 "run the same command again to resume") from None
         finally:
             pool.terminate()

@@ -33,12 +33,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from device.cli import run_command
+from device.cli import CommandParser, run_command
 from device.errors import GlimpseError
+from device.wording import plural
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="glimpse-provision",
+    parser = CommandParser(prog="glimpse-provision",
                                      description="Build Glimpse models and bundles on a host.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -242,11 +243,11 @@ def _run_build(args, images: Path) -> int:
                                 cache_dir=args.cache_dir, use_cache=not args.no_cache,
                                 workers=args.workers, force=args.force, progress=not args.quiet,
                                 index=IndexOptions(kind=args.index, target_recall=args.target_recall)))
-    print(f"bundle {report['bundle_id']}: {report['items']} photos in {args.out} "
+    print(f"bundle {report['bundle_id']}: {plural(report['items'], 'photo')} in {args.out} "
           f"({report['seconds']}s, {report['embedded']} embedded, {report['from_cache']} from the cache, "
           f"model {report['model']}, index {report['index']})")
     if report["duplicates"]:
-        print(f"{len(report['duplicates'])} duplicate files kept once")
+        print(f"{plural(len(report['duplicates']), 'duplicate file')} kept once")
     for entry in report["skipped"]:
         print(f"skipped {entry['path']}: {entry['reason']}")
     return 0
@@ -336,7 +337,7 @@ def _wheelhouse(args) -> int:
                for python in dict.fromkeys(args.python)]  # repeated versions count once
     manifest = wheelhouse.build(targets, args.out, source=args.source)
     for target in manifest["targets"]:
-        print(f"CPython {target['python']} {target['platform']}: {len(target['wheels'])} wheels")
+        print(f"CPython {target['python']} {target['platform']}: {plural(len(target['wheels']), 'wheel')}")
     print(f"wheelhouse {args.out} ({wheelhouse.MANIFEST} lists them); on the device: "
           f"pip install --no-index --find-links DIR '{manifest['requirement']}'")
     return 0
@@ -385,7 +386,7 @@ def _export_tasklib(args) -> int:
                          quantized=args.quantize)
     report = tasklib.export(tasklib.ExportOptions(bundle=args.bundle, out=args.out, layout=layout,
                                                   force=args.force))
-    print(f"wrote {report['out']}: {report['items']} photos, {report['bytes']} bytes, "
+    print(f"wrote {report['out']}: {plural(report['items'], 'photo')}, {plural(report['bytes'], 'byte')}, "
           f"model {report['model']} (tower parity {report['parity']}), index {report['index']}")
     return 0
 

@@ -34,6 +34,7 @@ import numpy as np
 
 from device.errors import GlimpseError
 from device.model import SPEC_NAME, ImageTowerSpec, ModelSpec, TextTowerSpec, sha256_file, write_spec
+from device.wording import plural
 from provisioning import convert, default_model
 
 #: Parity floors (minimum cosine against PyTorch float32) per variant.
@@ -607,7 +608,7 @@ Quantisation: `{spec.quantization}` (int8 is dynamic-range: int8 weights, activa
 
 ## Parity against the source model (PyTorch float32)
 
-Minimum cosine over `reference.npz` ({len(REFERENCE_TEXTS)} texts, {len(default_model.REFERENCE_PHOTOS)} photos);
+Minimum cosine over `reference.npz` ({plural(len(REFERENCE_TEXTS), 'text')}, {plural(len(default_model.REFERENCE_PHOTOS), 'photo')});
 the import refuses a model below {parity['floor']}.
 
 | tower | min cosine |

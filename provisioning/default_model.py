@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from device.model import ImageTowerSpec, ModelSpec, TextTowerSpec, sha256_file, write_spec
+from device.wording import plural
 from provisioning import convert, demo
 
 MODEL_ID = "glimpse-default"
@@ -389,7 +390,7 @@ XNNPACK: 4.6x faster and closer to PyTorch than int8 ones (1.1.0; see `bench/RES
 ## Parity against PyTorch float32
 
 Minimum cosine over the reference set (`reference.npz`: {len(REFERENCE_TEXTS)} texts,
-{len(REFERENCE_PHOTOS)} photos from scikit-image's data):
+{plural(len(REFERENCE_PHOTOS), 'photo')} from scikit-image's data):
 
 | tower | min cosine |
 |---|---|

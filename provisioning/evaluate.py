@@ -104,7 +104,7 @@ def evaluate(captions: CaptionSet, model_dir: Path | None = None, num_threads: i
             try:
                 vectors.append(image_tower.embed_file(path))
             except ImageUnreadable as exc:
-                skipped.append((path.name, str(exc)))
+                skipped.append((path.name, exc.reason))
                 continue
             kept[i] = len(kept)
     if not kept:

@@ -53,6 +53,7 @@ from typing import Callable
 from device.bundle import Bundle
 from device.daemon import BUNDLES_DIR, CURRENT_LINK
 from device.errors import GlimpseError
+from device.wording import plural
 from provisioning.remote import DeviceUnreachable, Remote, last_line, shell
 
 INCOMING_DIR = ".incoming"
@@ -402,7 +403,7 @@ exit 0
                 except PushFailed as exc:
                     self.log.step("rollback", str(exc), failed=True)
                     return f"{CURRENT_LINK} points at {previous} again, but the daemon's health check fails"
-                self.log.step("rollback", f"/healthz reports {answer['bundle_id']}, {answer.get('items')} photos")
+                self.log.step("rollback", f"/healthz reports {answer['bundle_id']}, {plural(answer.get('items') or 0, 'photo')}")
                 return f"{previous} is serving again"
             self.log.step("rollback", f"the daemon did not switch back: {_glimpse_error(proc)}", failed=True)
             self.log.begin()
@@ -456,7 +457,7 @@ def _push(options: PushOptions, log: PushLog) -> PushResult:
     if not SAFE_NAME.match(str(bundle.id)):
         raise PushFailed(f"{options.bundle}: bundle id {bundle.id!r} cannot be a directory name on the device")
     size = sum(entry["size"] for entry in bundle.manifest["files"].values())
-    log.step("check", f"bundle {bundle.id}: {len(bundle)} photos, {len(bundle.manifest['files'])} files, "
+    log.step("check", f"bundle {bundle.id}: {plural(len(bundle), 'photo')}, {plural(len(bundle.manifest['files']), 'file')}, "
                       f"{_megabytes(size)}, intact")
     job = _Push(options, bundle, log)
     step = "probe"
@@ -466,7 +467,7 @@ def _push(options: PushOptions, log: PushLog) -> PushResult:
         if state.current == bundle.id:
             step = "health"
             answer = job.health(bundle.id)
-            log.step("health", f"/healthz reports {answer['bundle_id']}, {answer.get('items')} photos: "
+            log.step("health", f"/healthz reports {answer['bundle_id']}, {plural(answer.get('items') or 0, 'photo')}: "
                                f"already serving, nothing to send")
             return PushResult(bundle.id, state.current, [], log.elapsed)
         if bundle.id not in state.bundles:
@@ -480,7 +481,7 @@ def _push(options: PushOptions, log: PushLog) -> PushResult:
         log.step("switch", job.switch())
         step = "health"
         answer = job.health(bundle.id)
-        log.step("health", f"/healthz reports {answer['bundle_id']}, {answer.get('items')} photos")
+        log.step("health", f"/healthz reports {answer['bundle_id']}, {plural(answer.get('items') or 0, 'photo')}")
     except (GlimpseError, KeyboardInterrupt) as exc:
         reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
         log.step(step, reason, failed=True)

@@ -34,6 +34,7 @@ import numpy as np
 
 from device.bundle import Bundle
 from device.errors import GlimpseError, ModelUnsupported
+from device.wording import plural
 from provisioning import tflite_metadata
 from provisioning.scann_ondevice import IndexLayout, build_index
 
@@ -225,7 +226,7 @@ def model_info(bundle: Bundle, index_description: str) -> tflite_metadata.ModelI
     spec = bundle.spec
     tokens = spec.text.max_tokens
     index = tflite_metadata.AssociatedFile(
-        INDEX_FILE, f"ScaNN on-device index of {len(bundle)} photos ({index_description}); "
+        INDEX_FILE, f"ScaNN on-device index of {plural(len(bundle), 'photo')} ({index_description}); "
                     f"metadata: each photo's path relative to the library root",
         tflite_metadata.SCANN_INDEX_FILE)
     input_descriptions = (f"WordPiece token ids: [CLS], the query, [SEP], zeros; {tokens} long.",

@@ -67,6 +67,7 @@ import torch
 from device import images as photo_io
 from device.errors import GlimpseError, ImageUnreadable
 from device.model import ImageTowerSpec, ModelSpec, TextTowerSpec, sha256_file, write_spec
+from device.wording import plural
 from provisioning import convert, default_model
 from provisioning.build import Progress, staged_directory
 from provisioning.cache import FeatureCache, default_cache_dir
@@ -459,11 +460,12 @@ def split_data(options: TrainOptions) -> tuple[CaptionSet, CaptionSet | None, st
         held = set(by_hash[:count])
         val = _subset(data, sorted(held))
         data = _subset(data, [i for i in range(len(data.images)) if i not in held])
-        how = f"{len(held)} of {len(held) + len(data.images)} photos by name hash (fraction {options.val_fraction})"
+        how = f"{len(held)} of {plural(len(held) + len(data.images), 'photo')} by name hash (fraction {options.val_fraction})"
     else:
         how = "none"
     if len(data.images) < 2:
-        raise TrainInvalid(f"{options.captions}: {len(data.images)} photo(s) left to train on; at least 2 are needed")
+        raise TrainInvalid(f"{options.captions}: {plural(len(data.images), 'photo')} left to train on; "
+                           "at least 2 are needed")
     return data, val, how
 
 
@@ -518,7 +520,7 @@ def _embed_split(data: CaptionSet, images_dir: Path, text: TextTower, image: Ima
             try:
                 photo = photo_io.open_photo(paths[i], min_side=IMAGE_SIZE)
             except ImageUnreadable as exc:
-                skipped.append((paths[i].relative_to(images_dir).as_posix(), str(exc)))
+                skipped.append((paths[i].relative_to(images_dir).as_posix(), exc.reason))
                 continue
             pixels.append(photo_io.tower_input(photo.image, IMAGE_SIZE)[0])
             usable.append(i)
@@ -819,7 +821,7 @@ def train(options: TrainOptions, on_step=None, log=print) -> TrainResult:
         if cache:
             cache.close()
     if train_set.images < 2:
-        raise TrainInvalid(f"{train_set.images} usable photo(s) to train on ({len(skipped)} skipped); "
+        raise TrainInvalid(f"{plural(train_set.images, 'usable photo')} to train on ({len(skipped)} skipped); "
                            "at least 2 are needed")
     if val_set is not None and not val_set.images:
         val_set = None

@@ -45,7 +45,7 @@ def test_table_output_lists_rank_score_and_path(bundle_dir):
 def test_build_skips_and_reports_the_corrupt_photo(library, tmp_path):
     out = tmp_path / "bundle"
     proc = run_cli("provisioning", "build", "--images", str(library), "--out", str(out), "--quiet")
-    assert "skipped broken.jpg:" in proc.stdout
+    assert "skipped broken.jpg: corrupt or truncated" in proc.stdout  # the name once
     assert "skipped notes.txt: not a photo file type" in proc.stdout
     assert "8 photos" in proc.stdout
     report = json.loads((out / "report.json").read_text())
@@ -102,8 +102,17 @@ def test_missing_bundle_is_an_error(tmp_path):
 
 def test_selftest_passes_on_this_runtime():
     proc = run_cli("device", "selftest")
-    lines = dict(line.split(": min cosine ") for line in proc.stdout.splitlines())
+    *figures, verdict = proc.stdout.splitlines()
+    lines = dict(line.split(": min cosine ") for line in figures)
     assert float(lines["text"]) >= 0.99 and float(lines["image"]) >= 0.99
+    assert verdict == "selftest: PASS" and proc.returncode == 0
+
+
+def test_selftest_ends_with_a_failing_verdict_and_status():
+    proc = run_cli("device", "selftest", "--min-cosine", "1.01", check=False)
+    assert proc.returncode == 1
+    verdict = proc.stdout.splitlines()[-1]
+    assert verdict.startswith("selftest: FAIL (text tower min cosine ") and "is below 1.01" in verdict
 
 
 def test_python_m_and_console_scripts_share_their_entry_points():
@@ -130,3 +139,45 @@ def test_import_model_without_the_host_tools_says_what_to_install(tmp_path):
     assert proc.returncode == 2
     assert "needs the host tools" in proc.stderr and ".venv-host" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_an_at_word_that_names_no_photo_is_a_cli_error(bundle_dir):
+    proc = run_cli("device", "search", "@nonexistent", "--bundle", str(bundle_dir), check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("glimpse: error: no photo with id 'nonexistent'")
+    assert proc.stdout == ""
+
+
+def test_search_keeps_stderr_clean_and_debug_shows_the_runtime_log(bundle_dir):
+    quiet = run_cli("device", "search", "a cat", "--bundle", str(bundle_dir), "--json")
+    assert quiet.stderr == ""  # a script piping --json sees only its answer
+    assert json.loads(quiet.stdout)
+    loud = run_cli("device", "--debug", "search", "a cat", "--bundle", str(bundle_dir), "--json")
+    assert "XNNPACK delegate" in loud.stderr
+
+
+def test_the_native_log_filter_passes_other_lines_through(capfd):
+    import os
+
+    from device import runtime
+
+    with runtime._routine_native_log_hidden():
+        os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
+        os.write(2, b"ERROR: something that matters\n")
+    assert capfd.readouterr().err == "ERROR: something that matters\n"
+
+
+@pytest.mark.parametrize("module", ["device", "provisioning"])
+def test_every_subcommand_help_has_a_description_line(module):
+    from device import cli as device_cli
+    from provisioning import cli as provisioning_cli
+
+    parser = (device_cli if module == "device" else provisioning_cli)._parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    assert len(commands) >= 10
+    for name in commands:
+        text = run_cli(module, name, "--help").stdout
+        # usage (possibly wrapped), a blank line, then the description: a sentence, not an option list.
+        description = text.split("\n\n")[1].strip()
+        assert description[0].isupper() and description.endswith("."), (name, text)
+        assert not description.startswith(("positional arguments", "options")), (name, text)

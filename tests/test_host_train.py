@@ -376,7 +376,7 @@ def test_missing_captions_or_unusable_photos_are_clear_errors(shapes, tmp_path):
                    "--images", str(broken / "images"), "--out", str(tmp_path / "m"), "--quiet",
                    "--cache-dir", str(tmp_path / "cache"), check=False)
     assert proc.returncode == 2
-    assert "0 usable photo(s) to train on" in proc.stderr and "Traceback" not in proc.stderr
+    assert "0 usable photos to train on" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_checkpoints_are_neither_overwritten_nor_resumed_with_other_options(shapes, cache_dir, tmp_path):

@@ -191,8 +191,9 @@ def test_missing_file_is_refused(tmp_path):
 def test_text_file_named_jpg_is_refused(tmp_path):
     path = tmp_path / "notes.jpg"
     path.write_text("shopping list: eggs, milk\n")
-    with pytest.raises(ImageUnreadable, match=r"notes\.jpg: not an image"):
+    with pytest.raises(ImageUnreadable, match=r"notes\.jpg: not a photo: the file is not an image Glimpse can read") as caught:
         open_photo(path)
+    assert caught.value.reason.startswith("not a photo:") and "Pillow" not in caught.value.reason
 
 
 def test_truncated_jpeg_is_refused(tmp_path):

@@ -166,8 +166,10 @@ def test_upload_api_accepts_refuses_and_reports(data_dir):
         results = {r["name"]: r for r in response.get_json()}
         assert results["coffee.jpg"]["status"] == "queued"
         assert "not a photo file type" in results["notes.txt"]["reason"]
-        assert "not an image" in results["fake.jpg"]["reason"]
+        assert results["fake.jpg"]["reason"].startswith("not a photo: the file is not an image Glimpse can read")
         assert "decompression bomb" in results["bomb.png"]["reason"]
+        for name in ("notes.txt", "fake.jpg", "bomb.png"):  # the result names the file; the reason does not
+            assert name not in results[name]["reason"]
         # Searchable once the worker has embedded it (bounded wait on the worker's progress).
         deadline = time.monotonic() + 60
         while daemon.ingest_store.counts()["queued"] and time.monotonic() < deadline:
@@ -258,7 +260,7 @@ def _get(port, path):
         return json.load(response)
 
 
-def test_glimpse_ingest_makes_a_photo_searchable_within_seconds(data_dir, tmp_path):
+def test_glimpse_ingest_makes_a_photo_searchable_within_seconds(data_dir, tmp_path, library):
     photo = tmp_path / "espresso.jpg"
     photo.write_bytes(photo_bytes(variant=5))
     port = _free_port()
@@ -266,7 +268,12 @@ def test_glimpse_ingest_makes_a_photo_searchable_within_seconds(data_dir, tmp_pa
     try:
         started = time.monotonic()
         out = run_cli("device", "ingest", str(photo), "--port", str(port)).stdout
-        assert "1 added, 0 already there, 0 refused" in out
+        assert "1 added, 0 added before, 0 already in the bundle, 0 refused" in out
+        # Photos the served bundle holds are not added again, and say so.
+        again = run_cli("device", "ingest", str(library / "pets"), str(library / "space" / "moon.png"),
+                        "--port", str(port)).stdout
+        assert "cat.png: already in the bundle" in again
+        assert "0 added, 0 added before, 2 already in the bundle, 0 refused" in again
         found = []
         while time.monotonic() - started < 60 and not found:
             found = _get(port, "/api/search?q=a+cup+of+coffee&k=3&folder=added")
@@ -354,5 +361,28 @@ def test_a_photo_added_with_the_web_page_form_is_found_within_seconds(data_dir):
             found = client.get("/api/search?q=a+space+launch&k=1&folder=added").get_json()
         assert found[0]["path"] == "added/rocket-launch.jpg"
         print(f"found {time.monotonic() - started:.2f}s after the form was posted, no restart")
+    finally:
+        daemon.ingestor.stop()
+
+
+def test_a_photo_the_bundle_holds_is_reported_not_added_and_not_counted(data_dir, library):
+    daemon, client = _client(data_dir)
+    try:
+        cat = (library / "pets" / "cat.png").read_bytes()
+        response = client.post("/api/admin/upload", data=_files(("cat.png", cat)), content_type="multipart/form-data")
+        [result] = response.get_json()
+        assert result["status"] == "in_bundle" and result["id"] in daemon.searcher.bundle
+        assert daemon.ingest_store.counts()["queued"] == 0  # nothing stored or queued
+        page = client.post("/add", data=_files(("cat.png", cat)), content_type="multipart/form-data")
+        assert "cat.png: already in the bundle" in page.get_data(as_text=True)
+        # A copy added before the bundle held it (an older upload) is embedded but not searchable.
+        daemon.ingest_store.add_upload("cat.png", cat)
+        deadline = time.monotonic() + 60
+        while daemon.ingest_store.counts()["queued"] and time.monotonic() < deadline:
+            daemon.ingestor.wake()
+            time.sleep(0.05)
+        daemon.delta.refresh()
+        status = client.get("/api/status").get_json()["ingest"]
+        assert status["ready"] == 1 and status["searchable"] == 0 and status["in_bundle"] == 1
     finally:
         daemon.ingestor.stop()

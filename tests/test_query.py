@@ -20,6 +20,11 @@ from device.query import Term, parse
     ("-5 degrees celsius", [Term(1.0, "-5 degrees celsius")]),
     ("t-shirt", [Term(1.0, "t-shirt")]),
     ("2: dog", [Term(2.0, "dog")]),
+    ("@C2DD0DE7C538DF8D", [Term(1.0, item_id="c2dd0de7c538df8d")]),
+    ("-@c2dd0de7c538df8d dog", [Term(-1.0, item_id="c2dd0de7c538df8d"), Term(1.0, "dog")]),
+    ("dog 2:@c2dd0de7c538df8d", [Term(1.0, "dog"), Term(2.0, item_id="c2dd0de7c538df8d")]),
+    ('"@home" party', [Term(1.0, "@home party")]),
+    ("me@home", [Term(1.0, "me@home")]),
 ])
 def test_parse(query, terms):
     assert parse(query) == terms
@@ -34,6 +39,8 @@ def test_parse(query, terms):
     ("11:dog", "at most 10"),
     ("dog + !!!", "no letters or digits"),
     (" + ".join(f"w{i}" for i in range(9)), "the limit is 8"),
+    ("@nonexistent", "no photo with id 'nonexistent'.*quote it: \"@nonexistent\""),
+    ("dog + @c2dd0de7", "no photo with id 'c2dd0de7'"),
 ])
 def test_parse_refuses(query, message):
     with pytest.raises(QueryInvalid, match=message):
@@ -62,5 +69,8 @@ def test_item_reference_uses_the_stored_embedding(bundle_dir):
         cat = searcher.search("a cat", k=1)[0].item
         results = searcher.search(f"@{cat.id}", k=1)
         assert results[0].item.id == cat.id and results[0].score == pytest.approx(1.0, abs=1e-5)
-        with pytest.raises(ItemNotFound):
+        upper = searcher.search(f"@{cat.id.upper()}", k=1)
+        assert upper[0].item.id == cat.id
+        with pytest.raises(QueryInvalid, match="no photo with id '0000000000000000'"):
             searcher.search("@0000000000000000 + night")
+        assert not issubclass(QueryInvalid, ItemNotFound)  # a 400 in the API, not a 404

@@ -10,7 +10,7 @@ from conftest import REPO, run_cli
 
 
 def test_defaults_come_from_the_table():
-    effective = settings.load({}, env={}, config_file=REPO / "no-such.conf")
+    effective = settings.load({}, env={"GLIMPSE_CONFIG": str(REPO / "no-such.conf")})
     for row in settings.SETTINGS:
         assert effective.values[row.name] == row.default
         assert effective.sources[row.name] == "default"
@@ -59,7 +59,7 @@ def test_a_bad_value_names_key_and_source(tmp_path, layer, expected):
 ])
 def test_ranges_and_choices_are_enforced(cli, message):
     with pytest.raises(settings.SettingInvalid, match=message):
-        settings.load(cli, env={}, config_file=REPO / "no-such.conf")
+        settings.load(cli, env={"GLIMPSE_CONFIG": str(REPO / "no-such.conf")})
 
 
 def test_unknown_keys_in_the_file_are_refused(tmp_path):
@@ -80,9 +80,9 @@ def test_booleans_accept_the_usual_words():
 
 
 def test_bundle_dir_defaults_to_the_current_link():
-    effective = settings.load({"data_dir": "/srv/glimpse"}, env={}, config_file=REPO / "no-such.conf")
+    effective = settings.load({"data_dir": "/srv/glimpse"}, env={"GLIMPSE_CONFIG": str(REPO / "no-such.conf")})
     assert str(effective.bundle_dir()) == "/srv/glimpse/current"
-    effective = settings.load({"bundle": "/tmp/b"}, env={}, config_file=REPO / "no-such.conf")
+    effective = settings.load({"bundle": "/tmp/b"}, env={"GLIMPSE_CONFIG": str(REPO / "no-such.conf")})
     assert str(effective.bundle_dir()) == "/tmp/b"
 
 
@@ -112,3 +112,11 @@ def test_bad_setting_stops_serve_naming_key_and_source(tmp_path):
     proc = run_cli("device", "serve", "--bundle", str(tmp_path), "--port", "eighty", check=False)
     assert proc.returncode == 2
     assert "glimpse: error: setting port from command line --port: 'eighty' is not a valid int" in proc.stderr
+
+
+def test_a_config_file_named_on_the_command_line_must_exist(tmp_path):
+    with pytest.raises(GlimpseError, match="no-such.conf: no such configuration file"):
+        settings.load({}, env={}, config_file=tmp_path / "no-such.conf")
+    proc = run_cli("device", "config", "--config", str(tmp_path / "no-such.conf"), check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"glimpse: error: {tmp_path / 'no-such.conf'}: no such configuration file"

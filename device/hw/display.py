@@ -18,6 +18,7 @@ from typing import Callable
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from device.errors import HardwareInvalid
+from device.wording import plural
 
 #: Display models: (luma module, class name, bus, usual width, usual height).
 MODELS = {
@@ -199,7 +200,7 @@ def render(screen: Screen, size: tuple[int, int], mode: str = "RGB") -> Image.Im
     if screen.position or screen.caption:
         lines.append((" ".join(p for p in (screen.position, screen.caption) if p), small, "white"))
     if screen.items:
-        lines.append((f"{screen.items} photos", small, "white"))
+        lines.append((plural(screen.items, "photo"), small, "white"))
     if screen.bundle_id:
         lines.append((screen.bundle_id, small, (160, 160, 160) if color else "white"))
     for text, face, fill in lines:

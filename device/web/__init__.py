@@ -34,6 +34,7 @@ from werkzeug.exceptions import HTTPException
 from device import __version__
 from device.errors import BundleInvalid, BundleNameInvalid, GlimpseError, ItemNotFound, QueryInvalid
 from device.search import Filters, Result, check_page
+from device.wording import plural
 
 log = logging.getLogger("glimpse.web")
 
@@ -72,7 +73,8 @@ def create_app(daemon) -> Flask:
     def _globals():
         return {"ingest_on": daemon.ingest_store is not None, "csrf_token": _csrf_token,
                 "needs_token": bool(settings.admin_token_sha256),
-                "can_show": bool(settings.admin_token_sha256) or _is_local(request.remote_addr)}
+                "can_show": bool(settings.admin_token_sha256) or _is_local(request.remote_addr),
+                "plural": plural}
 
     @app.template_filter("urlencode_page")
     def _urlencode_page(args, page: int) -> str:
@@ -230,7 +232,7 @@ def create_app(daemon) -> Flask:
             name = upload.filename or "photo"
             data = upload.read()
             try:
-                added = store.add_upload(name, data)
+                added = store.add_upload(name, data, in_bundle=g.searcher.bundle.__contains__)
             except IngestRefused as exc:
                 results.append({"name": name, "status": "refused", "reason": str(exc)})
                 continue
@@ -309,7 +311,7 @@ def create_app(daemon) -> Flask:
         items = searcher.bundle.items[:settings.slideshow_results]
         total = len(searcher.bundle)
         # The title counts what the slideshow steps through ("1 / 12"), not more.
-        title = (f"{total} photos on this Glimpse" if len(items) == total
+        title = (f"{plural(total, 'photo')} on this Glimpse" if len(items) == total
                  else f"The first {len(items)} of {total} photos on this Glimpse")
         return [_slide(item) for item in items], "library", title
 

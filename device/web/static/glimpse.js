@@ -219,6 +219,7 @@
             var what = document.createElement("span");
             if (r.status === "queued") { what.textContent = "added, being embedded"; }
             else if (r.status === "duplicate") { what.textContent = "already here"; }
+            else if (r.status === "in_bundle") { what.textContent = "already in the bundle"; }
             else { what.className = "error"; what.textContent = "refused: " + r.reason; }
             li.appendChild(what);
             list.appendChild(li);
