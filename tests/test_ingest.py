@@ -369,11 +369,14 @@ def test_a_photo_the_bundle_holds_is_reported_not_added_and_not_counted(data_dir
     daemon, client = _client(data_dir)
     try:
         cat = (library / "pets" / "cat.png").read_bytes()
-        response = client.post("/api/admin/upload", data=_files(("cat.png", cat)), content_type="multipart/form-data")
+        response = client.post("/api/admin/upload", data=_files(("cat.png", cat)), content_type="multipart/form-data",
+                               headers=SCRIPT)
         [result] = response.get_json()
         assert result["status"] == "in_bundle" and result["id"] in daemon.searcher.bundle
         assert daemon.ingest_store.counts()["queued"] == 0  # nothing stored or queued
-        page = client.post("/add", data=_files(("cat.png", cat)), content_type="multipart/form-data")
+        client.get("/add")  # sets the CSRF cookie the form's token must match
+        page = client.post("/add", data={"csrf_token": client.get_cookie("glimpse_csrf").value, **_files(("cat.png", cat))},
+                           content_type="multipart/form-data")
         assert "cat.png: already in the bundle" in page.get_data(as_text=True)
         # A copy added before the bundle held it (an older upload) is embedded but not searchable.
         daemon.ingest_store.add_upload("cat.png", cat)
