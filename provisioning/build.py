@@ -223,6 +223,7 @@ def build(options: BuildOptions) -> dict:
                 raise BuildFailed(f"{root}: no usable photo found ({len(skipped)} files skipped)")
             _copy_model(model_dir, work / bundle_format.MODEL_DIR)
             embeddings = np.asarray(vectors, dtype=np.float32).reshape(len(items), spec.dim)
+            bundle_format.check_embeddings(embeddings, where="the built embeddings")  # as a device will
             np.save(work / bundle_format.EMBEDDINGS, embeddings)
             # A partitioned index is calibrated on the text tower's queries.
             queries = text_queries(model_dir) if choose_kind(options.index.kind, len(items)) == "ivfpq" else None
@@ -323,6 +324,10 @@ def _embed_all(unique: dict, model_dir: Path, spec, options: BuildOptions, cache
     for digest, (relative, path) in unique.items():
         done = results.get(digest)
         if done is None:
+            continue
+        problem = bundle_format.embedding_problem(done.vector)
+        if problem is not None:  # a broken tower or cache entry: never into the bundle
+            skipped.append({"path": relative, "reason": problem})
             continue
         ident = bundle_format.item_id(digest)
         thumb = f"{bundle_format.THUMBS}/{ident}{suffix}"
