@@ -106,12 +106,12 @@ def _init_worker(model_dir: str) -> None:
         EncoderOptions(model_dir=Path(model_dir), num_threads=1, verify=False))
 
 
-def _process(job: tuple[str, int, int, str]):
+def _process(job: tuple[str, int, int, str, int]):
     """Worker: decode, embed and render one photo (or return why it cannot be used)."""
-    path, thumb_size, preview_size, thumb_format = job
+    path, thumb_size, preview_size, thumb_format, max_bytes = job
     size = _worker_encoder.input_size
     try:
-        photo = images.open_photo(Path(path), min_side=max(size, thumb_size, preview_size))
+        photo = images.open_photo(Path(path), min_side=max(size, thumb_size, preview_size), max_bytes=max_bytes)
     except ImageUnreadable as exc:
         return str(exc)
     vector = _worker_encoder.embed_image(photo.image)
@@ -296,7 +296,10 @@ def _embed_all(unique: dict, model_dir: Path, spec, options: BuildOptions, cache
     progress = Progress(len(unique), options.progress, already=len(results))
     if todo:
         workers = min(options.workers or os.cpu_count() or 1, len(todo))
-        jobs = [(str(unique[d][1]), options.thumb_size, options.preview_size, options.thumb_format) for d in todo]
+        # The workers decode side by side: each gets its share of the memory budget.
+        max_bytes = images.decode_budget() // workers
+        jobs = [(str(unique[d][1]), options.thumb_size, options.preview_size, options.thumb_format, max_bytes)
+                for d in todo]
         # spawn, not fork: each worker loads its own small interpreter and nothing
         # of the parent's state; the parent only writes files.
         pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker,

@@ -66,7 +66,8 @@ def test_worker_embeds_and_the_delta_layer_searches(store, encoder, bundle_dir):
     delta = DeltaLayer(store, encoder.spec.embedding_key)
     worker = Ingestor(store, lambda: encoder, delta.refresh)
     assert worker.process(*store.next_queued()[0])
-    assert store.counts() == {"queued": 0, "ready": 1, "failed": 0, "last_failure": None}
+    assert store.counts() == {"queued": 0, "ready": 1, "failed": 0, "quarantined": 0, "last_failure": None,
+                              "quarantine": [], "disk_full": None}
     item = delta.item(added.id)
     assert item.path == "added/coffee.jpg" and item.thumb == f"added/thumbs/{added.id}.jpg"
     assert store.file(item.thumb).is_file()
@@ -346,3 +347,101 @@ def test_a_photo_added_with_the_web_page_form_is_found_within_seconds(data_dir):
         print(f"found {time.monotonic() - started:.2f}s after the form was posted, no restart")
     finally:
         daemon.ingestor.stop()
+
+
+# --- the queue limit per photo (issue 13.5) ------------------------------------------------
+
+
+def _tiny_photo(n: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (24, 24), (n % 256, n // 256, 7)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_the_queue_limit_is_checked_for_each_photo_of_a_request(data_dir):
+    daemon, client = _client(data_dir, ingest_queue_max="50")
+    daemon.ingestor.stop()  # nothing leaves the queue while the test fills it
+    response = client.post("/api/admin/upload", data=_files(*[(f"p{n}.png", _tiny_photo(n)) for n in range(200)]),
+                           content_type="multipart/form-data")
+    assert response.status_code == 202  # partly accepted
+    results = response.get_json()
+    queued = [r for r in results if r["status"] == "queued"]
+    refused = [r for r in results if r["status"] == "refused"]
+    assert len(results) == 200 and len(queued) == 50 and len(refused) == 150
+    assert [r["name"] for r in queued] == [f"p{n}.png" for n in range(50)]
+    assert all(r["cause"] == "busy" and "ingest_queue_max 50" in r["reason"] for r in refused)
+    assert daemon.ingest_store.counts()["queued"] == 50
+    # A request of which nothing is accepted is not a 202: 503 with each file's reason.
+    again = client.post("/api/admin/upload", data=_files(("late.png", _tiny_photo(999))),
+                        content_type="multipart/form-data")
+    assert again.status_code == 503 and again.headers["Retry-After"] == "30"
+    body = again.get_json()
+    assert "try again later" in body["error"] and body["results"][0]["cause"] == "busy"
+    # Every file refused as not a photo: 400, not 202.
+    bad = client.post("/api/admin/upload", data=_files(("notes.txt", b"hi")), content_type="multipart/form-data")
+    assert bad.status_code == 400 and "not a photo file type" in bad.get_json()["results"][0]["reason"]
+    # A known photo is not refused by a full queue: it is already there.
+    dup = client.post("/api/admin/upload", data=_files(("p0-again.png", _tiny_photo(0))),
+                      content_type="multipart/form-data")
+    assert dup.status_code == 202 and dup.get_json()[0]["status"] == "duplicate"
+
+
+# --- the schema version, attempts and quarantine (issue 13.1) -------------------------------
+
+_SCHEMA_V0 = """
+CREATE TABLE IF NOT EXISTS added (
+    id TEXT PRIMARY KEY, sha256 TEXT NOT NULL UNIQUE, path TEXT NOT NULL, source TEXT NOT NULL,
+    size INTEGER NOT NULL, status TEXT NOT NULL CHECK (status IN ('queued', 'ready', 'failed')), error TEXT,
+    model TEXT, embedding BLOB, width INTEGER, height INTEGER, taken TEXT, thumb TEXT, preview TEXT,
+    added REAL NOT NULL, updated REAL NOT NULL
+)
+"""
+
+
+def test_a_database_of_the_first_schema_is_migrated_forward(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    with sqlite3.connect(data / "glimpse.sqlite") as db:  # as 7e04d5e left it
+        db.execute(_SCHEMA_V0)
+        db.execute("INSERT INTO added VALUES ('a1', 'h1', 'added/x.jpg', 'files/a1.jpg', 3, 'queued', NULL, NULL, "
+                   "NULL, NULL, NULL, NULL, NULL, NULL, 1.0, 1.0)")
+        db.execute("INSERT INTO added VALUES ('b2', 'h2', 'added/y.jpg', 'files/b2.jpg', 4, 'failed', 'bad', NULL, "
+                   "NULL, NULL, NULL, NULL, NULL, NULL, 2.0, 2.0)")
+    store = IngestStore(data)
+    try:
+        assert store.next_queued() == [("a1", "files/a1.jpg")]
+        counts = store.counts()
+        assert counts["queued"] == 1 and counts["failed"] == 1 and counts["last_failure"]["reason"] == "bad"
+        assert store.claim("a1", max_attempts=1)  # the new column works
+        assert not store.claim("a1", max_attempts=1)  # and the new status
+        assert store.counts()["quarantined"] == 1
+    finally:
+        store.close()
+    with sqlite3.connect(data / "glimpse.sqlite") as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    IngestStore(data).close()  # opening again migrates nothing
+
+
+def test_a_database_of_a_newer_schema_is_refused(tmp_path):
+    from device.ingest import IngestStoreInvalid
+
+    data = tmp_path / "data"
+    data.mkdir()
+    with sqlite3.connect(data / "glimpse.sqlite") as db:
+        db.execute("PRAGMA user_version = 7")
+    with pytest.raises(IngestStoreInvalid, match="schema version 7"):
+        IngestStore(data)
+
+
+def test_a_photo_that_keeps_stopping_the_worker_is_quarantined_not_retried(store, encoder):
+    # Each start of the worker on the photo is counted before it begins; a kill leaves the count.
+    added = store.add_upload("boom.jpg", photo_bytes(variant=4))
+    for _ in range(2):
+        assert store.claim(added.id, max_attempts=2)  # ... and then the daemon was killed
+    worker = Ingestor(store, lambda: encoder, lambda: None, max_attempts=2)
+    assert worker.process(added.id, store.next_queued()[0][1]) is False
+    counts = store.counts()
+    assert counts["queued"] == 0 and counts["ready"] == 0 and counts["quarantined"] == 1
+    assert "stopped 2 times" in counts["quarantine"][0]["reason"]
+    assert store.next_queued() == []
