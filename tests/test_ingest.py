@@ -445,3 +445,98 @@ def test_a_photo_that_keeps_stopping_the_worker_is_quarantined_not_retried(store
     assert counts["queued"] == 0 and counts["ready"] == 0 and counts["quarantined"] == 1
     assert "stopped 2 times" in counts["quarantine"][0]["reason"]
     assert store.next_queued() == []
+
+
+# --- a full disk (issue 13.9) ------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """An 8 MiB tmpfs: a data directory that fills up after a few photos (root only)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def _noise_jpeg(n: int, side: int = 360) -> bytes:
+    """About 200 KB: under the size the form parser would spool to a temporary file."""
+    import numpy as np
+
+    pixels = np.random.default_rng(n).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def _fill(path) -> None:
+    """Write ``path`` until the disk is full."""
+    with open(path, "wb", buffering=0) as handle:
+        try:
+            for _ in range(10_000):  # bounded: 10 GB
+                handle.write(b"\1" * 2**20)
+        except OSError:
+            pass
+
+
+def test_a_full_disk_gets_507_and_the_worker_pauses_until_space_returns(small_disk, bundle_dir):
+    data_dir = small_disk / "data"
+    data_dir.mkdir()
+    (data_dir / "current").symlink_to(bundle_dir)  # the bundle lives elsewhere; only ingest fills this disk
+    daemon, client = _client(data_dir)
+    reserve = small_disk / "reserve"  # room given back at the end
+    reserve.write_bytes(b"\1" * (5 * 2**20))
+    daemon.ingestor.stop()  # photos stay queued until the disk is full
+    try:
+        statuses, refused = [], None
+        for n in range(200):  # bounded: 8 MiB holds far fewer
+            response = client.post("/api/admin/upload", data=_files((f"n{n}.jpg", _noise_jpeg(n))),
+                                   content_type="multipart/form-data")
+            statuses.append(response.status_code)
+            if response.status_code != 202:
+                refused = response
+                break
+        assert refused is not None and refused.status_code == 507, statuses
+        body = refused.get_json()
+        assert "disk is full" in body["error"] and body["results"][0]["cause"] == "disk_full"
+        assert "free some space" in body["results"][0]["reason"]
+        # Nothing half-written stays behind.
+        assert not list(data_dir.rglob("*.tmp"))
+        # Take what is left, so that the worker's thumbnails cannot be written either.
+        filler = small_disk / "filler"
+        _fill(filler)
+        accepted = statuses.count(202)
+        daemon.ingestor.start()
+        deadline = time.monotonic() + 60
+        while daemon.ingestor.paused is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for _ in range(3):  # woken again and again: it stays paused, alive, and marks nothing failed
+            daemon.ingestor.wake()
+            time.sleep(0.05)
+        status = client.get("/api/status").get_json()["ingest"]
+        assert status["queued"] == accepted
+        assert status["paused"].startswith("disk full") and status["disk_full"].startswith("disk full")
+        assert status["worker_alive"] and status["failed"] == 0 and status["quarantined"] == 0
+        assert "Adding photos is paused: disk full" in client.get("/add").get_data(as_text=True)
+        assert not list(data_dir.rglob("*.tmp"))
+        assert not list((data_dir / "added").glob("thumbs/*"))  # no rendition of a photo still queued
+        # Space returns: the worker goes on by itself and every accepted photo becomes searchable.
+        filler.unlink()
+        reserve.unlink()
+        deadline = time.monotonic() + 120
+        while daemon.ingest_store.counts()["queued"] and time.monotonic() < deadline:
+            daemon.ingestor.wake()
+            time.sleep(0.05)
+        status = client.get("/api/status").get_json()["ingest"]
+        assert status["queued"] == 0 and status["ready"] == accepted and status["failed"] == 0
+        assert status["paused"] is None and status["disk_full"] is None and status["worker_alive"]
+        assert client.post("/api/admin/upload", data=_files(("small.jpg", photo_bytes(variant=8))),
+                           content_type="multipart/form-data").status_code == 202
+    finally:
+        daemon.ingestor.stop()
+        daemon.ingest_store.close()

@@ -59,14 +59,16 @@ def data_dir(tmp_path, bundle_dir):
 class Served:
     """``glimpse serve`` in a subprocess (stderr to a file, to read the log afterwards)."""
 
-    def __init__(self, data_dir, log_path, *args):
+    def __init__(self, data_dir, log_path, **settings):
         self.port = free_port()
         self.log_path = log_path
         with open(log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "device", "serve", "--data-dir", str(data_dir), "--port", str(self.port),
-                 *args], cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True,
-                env=dict(os.environ, GLIMPSE_CONFIG="/nonexistent"))
+                [sys.executable, "-m", "device", "serve", "--data-dir", str(data_dir), "--port", str(self.port)],
+                cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True,
+                # Settings from the environment, as a systemd unit's Environment= gives them.
+                env=dict(os.environ, GLIMPSE_CONFIG="/nonexistent",
+                         **{f"GLIMPSE_{k.upper()}": str(v) for k, v in settings.items()}))
         line = self.proc.stdout.readline()
         assert "Glimpse is serving" in line, line + log_path.read_text()
 
@@ -110,7 +112,7 @@ class Served:
 @pytest.mark.parametrize("budget_mb", [BUDGET_MB, 240])
 def test_peak_memory_of_a_daemon_ingesting_poison_photos_stays_within_the_budget(data_dir, poison, tmp_path,
                                                                                   budget_mb):
-    served = Served(data_dir, tmp_path / "daemon.log", "--decode-budget-mb", str(budget_mb))
+    served = Served(data_dir, tmp_path / "daemon.log", decode_budget_mb=budget_mb)
     try:
         # Warm up: the image tower loads with the first photo.
         assert served.upload("warm.jpg", photo_bytes(variant=1))[0] == 202
@@ -146,9 +148,9 @@ def test_a_photo_that_killed_the_daemon_is_quarantined_after_restarts_not_retrie
     """No budget to speak of (the setting raised to 4 GB), and this test plays the kernel's OOM killer for
     a unit with MemoryMax=400M: the daemon is SIGKILLed once its resident memory passes 400 MiB."""
     log_path = tmp_path / "daemon.log"
-    args = ("--decode-budget-mb", "4096", "--ingest-max-attempts", "2")
+    args = {"decode_budget_mb": 4096, "ingest_max_attempts": 2}
     kills = 0
-    served = Served(data_dir, log_path, *args)
+    served = Served(data_dir, log_path, **args)
     try:
         assert served.upload("poison.png", poison["bomb-rgb.png"].read_bytes())[0] == 202
         for _ in range(3):  # bounded: two kills are expected, a third start must quarantine
@@ -169,7 +171,7 @@ def test_a_photo_that_killed_the_daemon_is_quarantined_after_restarts_not_retrie
             if served.proc.poll() is None:
                 break  # not killed: quarantined
             served.proc.stdout.close()
-            served = Served(data_dir, log_path, *args)
+            served = Served(data_dir, log_path, **args)
         ingest = served.wait_idle()
         rss = served.memory("VmHWM")
     finally:
