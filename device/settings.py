@@ -183,7 +183,7 @@ SETTINGS: tuple[Setting, ...] = (
             minimum=1, maximum=2048),
     Setting("decode_budget_mb", 0, "int",
             "Most memory decoding one added photo may take, in MiB; a photo estimated to need more "
-            "(a huge PNG: Pillow decodes it whole) is refused with the reason. 0: 40% of the memory the "
+            "(a huge PNG: Pillow decodes it whole) is refused with the reason. 0: 0.4 times the memory the "
             "unit may use (its cgroup memory.max, systemd's MemoryMax, else the machine's RAM).",
             minimum=0, maximum=65536),
     Setting("ingest_max_attempts", 3, "int",

@@ -65,6 +65,10 @@ class BuildOptions:
         force: replace ``out`` if it exists.
         progress: print a progress line to stderr.
         index: the search index to build (default: chosen by photo count).
+        decode_budget_mb: memory all workers together may take decoding photos, in MiB;
+            0: 0.4 times the memory this process may use (its cgroup's limit, else the
+            machine's RAM). A photo that would need more than its worker's share is
+            skipped with the reason (see :func:`device.images.open_photo`).
     """
 
     images: Path
@@ -80,6 +84,7 @@ class BuildOptions:
     force: bool = False
     progress: bool = True
     index: IndexOptions = dataclasses.field(default_factory=IndexOptions)
+    decode_budget_mb: int = 0
 
 
 ORIGINALS_MODES = ("none", "copy")
@@ -297,7 +302,7 @@ def _embed_all(unique: dict, model_dir: Path, spec, options: BuildOptions, cache
     if todo:
         workers = min(options.workers or os.cpu_count() or 1, len(todo))
         # The workers decode side by side: each gets its share of the memory budget.
-        max_bytes = images.decode_budget() // workers
+        max_bytes = images.decode_budget(options.decode_budget_mb) // workers
         jobs = [(str(unique[d][1]), options.thumb_size, options.preview_size, options.thumb_format, max_bytes)
                 for d in todo]
         # spawn, not fork: each worker loads its own small interpreter and nothing
