@@ -540,3 +540,18 @@ def test_a_full_disk_gets_507_and_the_worker_pauses_until_space_returns(small_di
     finally:
         daemon.ingestor.stop()
         daemon.ingest_store.close()
+
+
+def test_the_add_page_and_status_list_quarantined_photos(data_dir):
+    daemon, client = _client(data_dir, ingest_max_attempts="1")
+    daemon.ingestor.stop()
+    try:
+        added = daemon.ingest_store.add_upload("crashy.jpg", photo_bytes(variant=6))
+        assert daemon.ingest_store.claim(added.id, max_attempts=1)  # the daemon died with it in hand
+        daemon.ingestor.process(added.id, daemon.ingest_store.next_queued()[0][1])
+        html = client.get("/add").get_data(as_text=True)
+        assert "Quarantined" in html and "added/crashy.jpg" in html and "not tried again" in html
+        ingest = client.get("/api/status").get_json()["ingest"]
+        assert ingest["quarantined"] == 1 and ingest["quarantine"][0]["id"] == added.id
+    finally:
+        daemon.ingest_store.close()
