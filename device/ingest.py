@@ -234,12 +234,12 @@ class IngestStore:
                 if not is_disk_full(exc):
                     raise
                 (self.root / source).unlink(missing_ok=True)  # the row was not written: nothing refers to it
-                raise IngestDiskFull(self._note_disk_full(exc, f"{name}: not stored")) from None
+                raise IngestDiskFull(self.note_disk_full(exc, f"{name}: not stored")) from None
             self.disk_full = None
         return Added(ident, "queued", shown)
 
-    def _note_disk_full(self, exc: BaseException, what: str) -> str:
-        """Record that the disk is full; the message to show."""
+    def note_disk_full(self, exc: BaseException, what: str) -> str:
+        """Record that the disk is full (status and display show it); the message for what was refused."""
         self.disk_full = f"disk full: {self.root.parent} has {_free_mib(self.root):.1f} MiB free"
         log.warning("%s: %s (%s)", what, self.disk_full, exc)
         return f"{what}: the device's disk is full ({self.root.parent}); free some space and add it again"
@@ -337,7 +337,7 @@ class IngestStore:
                 raise
             for target in written:  # the row still says queued: these would only take space
                 target.unlink(missing_ok=True)
-            raise IngestDiskFull(self._note_disk_full(exc, f"added photo {ident}")) from None
+            raise IngestDiskFull(self.note_disk_full(exc, f"added photo {ident}")) from None
         self.disk_full = None
 
     def mark_failed(self, ident: str, reason: str) -> None:
@@ -575,7 +575,7 @@ class Ingestor:
         except Exception:  # noqa: BLE001 - SQLite may be unable to write either
             pass
         if self.store.disk_full is None:
-            self.store._note_disk_full(exc, f"added photo {ident}")
+            self.store.note_disk_full(exc, f"added photo {ident}")
         self.paused = self.store.disk_full
         log.warning("adding photos is paused until space is freed: %s", self.paused)
 
