@@ -555,3 +555,41 @@ def test_the_add_page_and_status_list_quarantined_photos(data_dir):
         assert ingest["quarantined"] == 1 and ingest["quarantine"][0]["id"] == added.id
     finally:
         daemon.ingest_store.close()
+
+
+def test_a_daemon_process_on_a_full_disk_answers_507_and_its_worker_never_dies(small_disk, bundle_dir, tmp_path):
+    """Issue 13.9 as it was found: a real daemon on a small tmpfs; the worker used to die and restart."""
+    data_dir = small_disk / "data"
+    data_dir.mkdir()
+    (data_dir / "current").symlink_to(bundle_dir)
+    log_path = tmp_path / "daemon.log"
+    port = _free_port()
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "device", "serve", "--data-dir", str(data_dir), "--port",
+                                 str(port)], cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True,
+                                env=dict(os.environ, GLIMPSE_CONFIG="/nonexistent"))
+    try:
+        assert "Glimpse is serving" in proc.stdout.readline()
+        codes = []
+        for n in range(200):  # bounded: 8 MiB holds far fewer
+            body, boundary = _multipart(f"n{n}.jpg", _noise_jpeg(n))
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/api/admin/upload", data=body, method="POST",
+                                             headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+            try:
+                with urllib.request.urlopen(request, timeout=60) as response:
+                    codes.append(response.status)
+            except urllib.error.HTTPError as exc:
+                codes.append(exc.code)
+                answer = json.load(exc)
+                break
+        assert codes[-1] == 507 and set(codes[:-1]) == {202}, codes
+        assert "disk is full" in answer["error"]
+        ingest = _get(port, "/api/status")["ingest"]
+        assert ingest["worker_alive"] and ingest["disk_full"].startswith("disk full")
+        assert not list(data_dir.rglob("*.tmp"))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        proc.stdout.close()
+    log_text = log_path.read_text()
+    assert "the ingest worker stopped" not in log_text and "Traceback" not in log_text
