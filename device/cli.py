@@ -229,6 +229,10 @@ def _status(args) -> int:
     if ingest.get("enabled"):
         print(f"added on the device: {ingest['ready']} searchable, {ingest['queued']} waiting, "
               f"{ingest['failed']} unreadable" + (f"; watching {ingest['watching']}" if ingest.get("watching") else ""))
+        for quarantined in ingest.get("quarantine") or []:
+            print(f"quarantined {quarantined['path']}: {quarantined['reason']}")
+        if ingest.get("paused"):
+            print(f"adding photos is paused: {ingest['paused']}")
     else:
         print("adding photos on the device is off")
     return 0

@@ -18,7 +18,7 @@ import urllib.request
 import pytest
 from PIL import Image, ImageDraw
 
-from conftest import REPO, free_port
+from conftest import REPO, free_port, run_cli
 from test_ingest import _multipart, photo_bytes
 
 MIB = 2**20
@@ -174,6 +174,8 @@ def test_a_photo_that_killed_the_daemon_is_quarantined_after_restarts_not_retrie
             served = Served(data_dir, log_path, **args)
         ingest = served.wait_idle()
         rss = served.memory("VmHWM")
+        shown = run_cli("device", "status", "--port", str(served.port)).stdout
+        assert "quarantined added/poison.png: quarantined: the daemon stopped 2 times" in shown
     finally:
         served.stop()
     assert kills == 2
