@@ -541,6 +541,8 @@ class Ingestor:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            if self.store.disk_full and not self.paused:
+                self.paused = self.store.disk_full  # an upload found the disk full: wait for space too
             if self.paused and not self._space_returned():
                 self._wake.wait(self.DISK_RETRY_SECONDS)
                 self._wake.clear()
