@@ -247,6 +247,7 @@ def _check_files(path: Path, files: dict, full: bool) -> None:
     for required in (f"{MODEL_DIR}/model.json", EMBEDDINGS, ITEMS):
         if required not in files:
             raise BundleInvalid(f"{path}: {MANIFEST} does not list {required}")
+    inside: set[PurePosixPath] = {PurePosixPath(".")}  # folders already proven to stay in the bundle
     for relative, entry in files.items():
         pure = PurePosixPath(relative)
         if pure.is_absolute() or ".." in pure.parts or relative == MANIFEST:
@@ -254,6 +255,7 @@ def _check_files(path: Path, files: dict, full: bool) -> None:
         if not isinstance(entry, dict):
             raise BundleInvalid(f"{path}: {MANIFEST} entry for {relative} is malformed")
         file_path = path / relative
+        _check_inside(path, pure, inside)
         try:
             size = file_path.stat().st_size
         except OSError:
@@ -262,6 +264,28 @@ def _check_files(path: Path, files: dict, full: bool) -> None:
             raise BundleInvalid(f"{path}: file {relative} was altered (size {size}, expected {entry.get('size')})")
         if (full or not relative.startswith(_BULK)) and sha256_file(file_path) != entry.get("sha256"):
             raise BundleInvalid(f"{path}: file {relative} was altered (sha256 mismatch)")
+
+
+def _check_inside(path: Path, relative: PurePosixPath, inside: set[PurePosixPath]) -> None:
+    """Refuse a file, or a folder on its way, that is a symlink leading out of the bundle.
+
+    The hash of a file outside the bundle says nothing about what the bundle's
+    builder wrote, and serving it would hand out a file the manifest never
+    covered. Only symlinks cost a ``resolve``; each folder is checked once.
+
+    Raises:
+        BundleInvalid: naming the symlink and where it leads.
+    """
+    for part in (*reversed(relative.parents), relative):
+        if part in inside:
+            continue
+        candidate = path / part
+        if candidate.is_symlink():
+            target = candidate.resolve()
+            if not target.is_relative_to(path):
+                raise BundleInvalid(f"{path}: {part.as_posix()} is a symlink leaving the bundle (to {target})")
+        if part != relative:
+            inside.add(part)
 
 
 def _read_items(path: Path, manifest: dict) -> list[Item]:
@@ -304,7 +328,50 @@ def _open_embeddings(path: Path, count: int, dim: int) -> np.ndarray:
         raise BundleInvalid(
             f"{path}: dimension mismatch: {EMBEDDINGS} is {embeddings.shape}, expected ({count}, {dim})"
         )
+    check_embeddings(embeddings, where=f"{path}: {EMBEDDINGS}")
     return embeddings
+
+
+#: How far a row's length may stray from 1 (float32 rounding of a normalised vector is ~1e-7;
+#: an int8 tower's output normalised in float32 stays far inside this).
+NORM_TOLERANCE = 1e-3
+#: Rows checked per step: bounds the memory of the check (64 MiB at dim 512)
+#: however large the memory-mapped array is.
+_CHECK_ROWS = 32768
+
+
+def embedding_problem(vector: np.ndarray) -> str | None:
+    """Why one embedding cannot go into a bundle (not finite, not unit length), or ``None``."""
+    vector = np.asarray(vector, dtype=np.float32).ravel()
+    if not np.isfinite(vector).all():
+        return "its embedding holds NaN or infinity"
+    norm = float(np.sqrt(np.dot(vector.astype(np.float64), vector.astype(np.float64))))
+    if abs(norm - 1.0) > NORM_TOLERANCE:
+        return f"its embedding has length {norm:.4f}, not 1"
+    return None
+
+
+def check_embeddings(embeddings: np.ndarray, where: str = EMBEDDINGS) -> None:
+    """Check that every row is finite and of unit length (within :data:`NORM_TOLERANCE`).
+
+    A NaN row would score NaN for every query, which JSON cannot carry; a row far
+    from unit length breaks cosine ranking. The array may be memory-mapped: it is
+    read in slices of :data:`_CHECK_ROWS` rows, so memory stays bounded and the
+    pages read stay in the page cache for the first searches.
+
+    Raises:
+        BundleInvalid: naming the first bad row and what is wrong with it.
+    """
+    for start in range(0, len(embeddings), _CHECK_ROWS):
+        block = np.asarray(embeddings[start:start + _CHECK_ROWS], dtype=np.float32)
+        # A NaN or infinity anywhere in a row makes its squared length non-finite.
+        norms = np.sqrt(np.einsum("ij,ij->i", block, block, dtype=np.float64))
+        bad = ~(np.abs(norms - 1.0) <= NORM_TOLERANCE)  # NaN compares False: caught here too
+        if bad.any():
+            row = int(np.argmax(bad))
+            what = ("holds NaN or infinity" if not np.isfinite(block[row]).all()
+                    else f"has length {norms[row]:.4f}, not 1")
+            raise BundleInvalid(f"{where}: row {start + row} {what}; rebuild the bundle")
 
 
 def write_manifest(bundle_dir: Path, spec: ModelSpec, item_count: int, extra: dict | None = None) -> dict:

@@ -244,10 +244,13 @@ def _call_daemon(args, path: str, body: bytes | None = None, content_type: str =
             return json.load(response)
     except urllib.error.HTTPError as exc:
         try:
-            reason = json.load(exc).get("error", exc.reason)
-        except ValueError:
-            reason = exc.reason
-        raise GlimpseError(f"the daemon refused ({exc.code}): {reason}") from None
+            answer = json.load(exc)
+            reason = answer.get("error", exc.reason)
+        except (ValueError, AttributeError):
+            answer, reason = None, exc.reason
+        error = GlimpseError(f"the daemon refused ({exc.code}): {reason}")
+        error.answer = answer  # an upload refused as a whole still says why for each file
+        raise error from None
     except urllib.error.URLError as exc:
         raise GlimpseError(f"no Glimpse daemon answers at {url}: {exc.reason}") from None
 
@@ -284,8 +287,14 @@ def _ingest(args) -> int:
                      "Content-Type: application/octet-stream\r\n\r\n").encode()
             body += path.read_bytes() + b"\r\n"
         body += f"--{boundary}--\r\n".encode()
-        results = _call_daemon(args, "/api/admin/upload", bytes(body), f"multipart/form-data; boundary={boundary}",
-                               method="POST")
+        try:
+            results = _call_daemon(args, "/api/admin/upload", bytes(body),
+                                   f"multipart/form-data; boundary={boundary}", method="POST")
+        except GlimpseError as exc:
+            answer = getattr(exc, "answer", None)
+            if not (isinstance(answer, dict) and isinstance(answer.get("results"), list)):
+                raise
+            results = answer["results"]  # every file of this batch refused: each says why
         for result in results:
             counts[result["status"]] += 1
             detail = result.get("reason") or result.get("path")
@@ -314,6 +323,10 @@ def _status(args) -> int:
         print(f"added on the device: {ingest.get('searchable', ingest['ready'])} searchable, {ingest['queued']} waiting, "
               f"{ingest['failed']} unreadable" + (f", {held} already in the bundle" if held else "")
               + (f"; watching {ingest['watching']}" if ingest.get("watching") else ""))
+        for quarantined in ingest.get("quarantine") or []:
+            print(f"quarantined {quarantined['path']}: {quarantined['reason']}")
+        if ingest.get("paused"):
+            print(f"adding photos is paused: {ingest['paused']}")
     else:
         print("adding photos on the device is off")
     return 0

@@ -131,7 +131,8 @@ class Daemon:
         Raises:
             BundleNameInvalid: ``bundle_name`` is not a plain directory name.
             BundleInvalid: the new bundle fails verification; the old one keeps serving
-                and the ``current`` link is left as it was.
+                and the ``current`` link points at it (switched back if someone had
+                pointed it at the refused bundle), so a restart serves it too.
         """
         with self._reload_lock:
             previous = self._searcher.bundle.id if self._searcher else None
@@ -154,6 +155,7 @@ class Daemon:
                 except GlimpseError as exc:
                     self.metrics.reloads.labels(result="refused").inc()
                     log.error("reload refused, still serving %s: %s", previous, exc)
+                    self._restore_current()
                     self._tell_panel("error")
                     raise
                 except Exception:
@@ -161,6 +163,7 @@ class Daemon:
                     # and the old bundle keeps serving.
                     self.metrics.reloads.labels(result="refused").inc()
                     log.exception("reload failed, still serving %s", previous)
+                    self._restore_current()
                     self._tell_panel("error")
                     raise
                 self._install(searcher)
@@ -202,6 +205,35 @@ class Daemon:
         self.metrics.queries.labels(kind=kind).inc()
         return self.slideshow.show(query.strip(), results, source)
 
+    def _restore_current(self) -> None:
+        """After a refused reload, point ``current`` back at the bundle being served.
+
+        Whoever switched the link (``ln -sfn`` and SIGHUP, a push) left it on the
+        refused bundle; the next start would then fail. The switch back is atomic
+        (a new link renamed over the old) and logged. Nothing happens when an
+        explicit ``bundle`` setting is served, or when ``current`` is not a link.
+        """
+        searcher = self._searcher
+        if searcher is None or self.settings.bundle:
+            return
+        link = Path(self.settings.data_dir) / CURRENT_LINK
+        if not link.is_symlink():
+            return
+        serving = searcher.bundle.path
+        try:
+            if link.resolve() == serving:
+                return
+        except OSError:
+            pass  # a dangling or looping link: switched back below
+        try:
+            _switch_link(link, serving)
+        except GlimpseError as exc:
+            log.error("could not switch %s back to the bundle being served (%s): %s; the next start "
+                      "would fail: point it at a good bundle", link, serving.name, exc)
+            return
+        log.warning("%s switched back to %s, the bundle being served, so that the next start serves it too",
+                    link, serving.name)
+
     def _reload_logged(self) -> None:
         try:
             self.reload()
@@ -221,9 +253,12 @@ class Daemon:
         if mode == "off" or (mode == "auto" and self.settings.bundle):
             log.info("adding photos on the device is off (ingest=%s)", mode)
             return False
+        from device import images
+
+        budget = images.decode_budget(self.settings.decode_budget_mb)
         try:
-            self.ingest_store = IngestStore(Path(self.settings.data_dir))
-        except (OSError, sqlite3.Error) as exc:
+            self.ingest_store = IngestStore(Path(self.settings.data_dir), max_bytes=budget)
+        except (OSError, sqlite3.Error, GlimpseError) as exc:
             log.warning("adding photos on the device is off: cannot use %s: %s", self.settings.data_dir, exc)
             return False
         model = self.searcher.bundle.spec.embedding_key
@@ -232,8 +267,10 @@ class Daemon:
             log.info("%d added photos queued to be embedded with %s", requeued, model)
         self.delta = DeltaLayer(self.ingest_store, model)
         self.searcher.delta = self.delta
-        self.ingestor = Ingestor(self.ingest_store, self._encoder_for_ingest, self.delta.refresh)
+        self.ingestor = Ingestor(self.ingest_store, self._encoder_for_ingest, self.delta.refresh,
+                                 max_bytes=budget, max_attempts=self.settings.ingest_max_attempts)
         self.ingestor.start()
+        log.info("decoding an added photo may take up to %d MiB (decode_budget_mb)", budget // 2**20)
         if self.settings.watch_dir:
             self.watcher = FolderWatcher(self.ingest_store, Path(self.settings.watch_dir), self._added)
             threading.Thread(target=self._watch, name="watch", daemon=True).start()
@@ -302,6 +339,7 @@ class Daemon:
             ingest["searchable"] = len(self.delta) - held
             ingest["in_bundle"] = held
             ingest["worker_alive"] = self.ingestor.alive
+            ingest["paused"] = self.ingestor.paused
             ingest["watching"] = self.settings.watch_dir or None
         return {
             "status": "ok",
@@ -371,6 +409,7 @@ class Daemon:
         print(f"Glimpse is serving {plural(len(self.searcher.bundle), 'photo')} at {url}", flush=True)
         status = 0
         last_ping = 0.0
+        shown_disk_full = False
         try:
             while True:
                 # The panel's own work (a blink ending, a held-back frame) may be due sooner.
@@ -392,6 +431,11 @@ class Daemon:
                 if self.ingestor and not self.ingestor.alive and not self._stopping.is_set():
                     log.error("the ingest worker stopped; starting it again")
                     self.ingestor.start()
+                if self.ingest_store is not None:
+                    disk_full = self.ingest_store.disk_full is not None
+                    if disk_full != shown_disk_full:  # the display says so, and stops saying so
+                        shown_disk_full = disk_full
+                        self.panel.post("disk full" if disk_full else "disk ok")
                 # Ping when systemd asked for it, at most twice per interval: the panel
                 # can wake the loop often, and a ping per wake would flood the socket.
                 interval = self.notifier.watchdog_interval

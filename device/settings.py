@@ -206,6 +206,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_upload_mb", 50, "int",
             "Largest request body accepted, in megabytes (all files of one upload); larger ones get 413.",
             minimum=1, maximum=2048),
+    Setting("decode_budget_mb", 0, "int",
+            "Most memory decoding one added photo may take, in MiB; a photo estimated to need more "
+            "(a huge PNG: Pillow decodes it whole) is refused with the reason. 0: 0.4 times the memory the "
+            "unit may use (its cgroup memory.max, systemd's MemoryMax, else the machine's RAM).",
+            minimum=0, maximum=65536),
+    Setting("ingest_max_attempts", 3, "int",
+            "Times the worker may start on one photo; a photo in hand when the daemon died this many "
+            "times (killed for memory...) is quarantined with the reason, never tried again.",
+            minimum=1, maximum=100),
     Setting("ingest_queue_max", 1000, "int",
             "Photos waiting to be embedded before uploads are refused with 503 (try again later).",
             minimum=1, maximum=1_000_000),

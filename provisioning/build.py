@@ -66,6 +66,10 @@ class BuildOptions:
         force: replace ``out`` if it exists.
         progress: print a progress line to stderr.
         index: the search index to build (default: chosen by photo count).
+        decode_budget_mb: memory all workers together may take decoding photos, in MiB;
+            0: 0.4 times the memory this process may use (its cgroup's limit, else the
+            machine's RAM). A photo that would need more than its worker's share is
+            skipped with the reason (see :func:`device.images.open_photo`).
     """
 
     images: Path
@@ -81,6 +85,7 @@ class BuildOptions:
     force: bool = False
     progress: bool = True
     index: IndexOptions = dataclasses.field(default_factory=IndexOptions)
+    decode_budget_mb: int = 0
 
 
 ORIGINALS_MODES = ("none", "copy")
@@ -107,12 +112,12 @@ def _init_worker(model_dir: str) -> None:
         EncoderOptions(model_dir=Path(model_dir), num_threads=1, verify=False))
 
 
-def _process(job: tuple[str, int, int, str]):
+def _process(job: tuple[str, int, int, str, int]):
     """Worker: decode, embed and render one photo (or return why it cannot be used)."""
-    path, thumb_size, preview_size, thumb_format = job
+    path, thumb_size, preview_size, thumb_format, max_bytes = job
     size = _worker_encoder.input_size
     try:
-        photo = images.open_photo(Path(path), min_side=max(size, thumb_size, preview_size))
+        photo = images.open_photo(Path(path), min_side=max(size, thumb_size, preview_size), max_bytes=max_bytes)
     except ImageUnreadable as exc:
         return exc.reason  # the report lists it beside the file's path
     vector = _worker_encoder.embed_image(photo.image)
@@ -224,6 +229,7 @@ def build(options: BuildOptions) -> dict:
                 raise BuildFailed(f"{root}: no usable photo found ({plural(len(skipped), 'file')} skipped)")
             _copy_model(model_dir, work / bundle_format.MODEL_DIR)
             embeddings = np.asarray(vectors, dtype=np.float32).reshape(len(items), spec.dim)
+            bundle_format.check_embeddings(embeddings, where="the built embeddings")  # as a device will
             np.save(work / bundle_format.EMBEDDINGS, embeddings)
             # A partitioned index is calibrated on the text tower's queries.
             queries = text_queries(model_dir) if choose_kind(options.index.kind, len(items)) == "ivfpq" else None
@@ -296,7 +302,10 @@ def _embed_all(unique: dict, model_dir: Path, spec, options: BuildOptions, cache
     progress = Progress(len(unique), options.progress, already=len(results))
     if todo:
         workers = min(options.workers or os.cpu_count() or 1, len(todo))
-        jobs = [(str(unique[d][1]), options.thumb_size, options.preview_size, options.thumb_format) for d in todo]
+        # The workers decode side by side: each gets its share of the memory budget.
+        max_bytes = images.decode_budget(options.decode_budget_mb) // workers
+        jobs = [(str(unique[d][1]), options.thumb_size, options.preview_size, options.thumb_format, max_bytes)
+                for d in todo]
         # spawn, not fork: each worker loads its own small interpreter and nothing
         # of the parent's state; the parent only writes files.
         pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker,
@@ -324,6 +333,10 @@ def _embed_all(unique: dict, model_dir: Path, spec, options: BuildOptions, cache
     for digest, (relative, path) in unique.items():
         done = results.get(digest)
         if done is None:
+            continue
+        problem = bundle_format.embedding_problem(done.vector)
+        if problem is not None:  # a broken tower or cache entry: never into the bundle
+            skipped.append({"path": relative, "reason": problem})
             continue
         ident = bundle_format.item_id(digest)
         thumb = f"{bundle_format.THUMBS}/{ident}{suffix}"

@@ -213,3 +213,19 @@ def test_ctrl_c_stops_cleanly_and_keeps_the_work(tmp_path):
     assert "Traceback" not in err
     assert not (tmp_path / "b").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".b.")]  # no temporary directory left
+
+
+def test_a_photo_too_big_to_decode_within_the_memory_budget_is_skipped_with_the_reason(tmp_path):
+    """Issue 13.1 on the host: the build decodes within the same kind of budget as the device."""
+    from provisioning.build import BuildOptions, build
+
+    library = tmp_path / "library"
+    library.mkdir()
+    Image.open(demo.demo_photo("coffee.png")).convert("RGB").save(library / "coffee.jpg", quality=90)
+    Image.new("RGB", (6000, 6000), (200, 10, 10)).save(library / "poster.png")  # 144 MB as Pillow holds it
+    out = tmp_path / "bundle"
+    report = build(BuildOptions(images=library, out=out, workers=1, use_cache=False, progress=False,
+                                decode_budget_mb=100))
+    reasons = {entry["path"]: entry["reason"] for entry in report["skipped"]}
+    assert "over the budget of 100 MiB" in reasons["poster.png"]
+    assert [item.path for item in Bundle.open(out).items] == ["coffee.jpg"]

@@ -390,3 +390,61 @@ def test_manifest_file_entry_that_is_not_an_object(copy_bundle, entry):
     _write_manifest(path, manifest)
     with pytest.raises(BundleInvalid, match=r"report\.json"):
         Bundle.open(path)
+
+
+# --- embeddings a search could not answer with, and files outside the bundle (issue 13.11) ---
+
+
+@pytest.mark.parametrize("level", ["quick", "full"])
+@pytest.mark.parametrize("poison", ["nan", "inf", "long", "zero"])
+def test_embeddings_that_are_not_finite_unit_rows_are_refused(copy_bundle, level, poison):
+    # The manifest is rehashed as a careless builder would: only the content is wrong.
+    path = copy_bundle()
+    embeddings = np.load(path / "embeddings.npy")
+    embeddings[1] = {"nan": np.nan, "inf": np.inf, "long": 0.5, "zero": 0.0}[poison]
+    np.save(path / "embeddings.npy", embeddings)
+    _rehash(path, "embeddings.npy")
+    with pytest.raises(BundleInvalid, match=r"embeddings.npy: row 1 (holds NaN|has length)"):
+        Bundle.open(path, verify=level)
+
+
+def test_embedding_problem_names_what_is_wrong():
+    from device.bundle import embedding_problem
+
+    unit = np.ones(4, np.float32) / 2
+    assert embedding_problem(unit) is None
+    assert "NaN" in embedding_problem(np.array([np.nan, 0, 0, 1], np.float32))
+    assert "length 2.0000" in embedding_problem(unit * 2)
+
+
+@pytest.mark.parametrize("level", ["quick", "full"])
+def test_a_thumbnail_symlinked_out_of_the_bundle_is_refused(copy_bundle, bundle, tmp_path, level):
+    # The outside file has the very bytes the manifest records: only the symlink gives it away.
+    path = copy_bundle()
+    thumb = path / bundle.items[0].thumb
+    outside = tmp_path / "outside.jpg"
+    outside.write_bytes(thumb.read_bytes())
+    thumb.unlink()
+    thumb.symlink_to(outside)
+    with pytest.raises(BundleInvalid, match="symlink leaving the bundle"):
+        Bundle.open(path, verify=level)
+
+
+def test_a_folder_symlinked_out_of_the_bundle_is_refused(copy_bundle, tmp_path):
+    path = copy_bundle()
+    moved = tmp_path / "thumbs-elsewhere"
+    (path / "thumbs").rename(moved)
+    (path / "thumbs").symlink_to(moved)
+    with pytest.raises(BundleInvalid, match="thumbs is a symlink leaving the bundle"):
+        Bundle.open(path, verify="full")
+
+
+def test_a_symlink_within_the_bundle_is_accepted(copy_bundle, bundle):
+    path = copy_bundle()
+    first, second = bundle.items[0].thumb, bundle.items[1].thumb
+    manifest = _manifest(path)
+    (path / second).unlink()
+    (path / second).symlink_to((path / first).name)
+    manifest["files"][second] = dict(manifest["files"][first])
+    _write_manifest(path, manifest)
+    assert len(Bundle.open(path, verify="full")) == len(bundle)

@@ -241,3 +241,36 @@ def test_reload_swaps_bundles_while_a_client_keeps_querying(tmp_path, data_dir):
 def test_reload_cli_explains_when_no_daemon_answers():
     proc = run_cli("device", "reload", "--port", str(_free_port()), check=False)
     assert proc.returncode == 2 and "no Glimpse daemon answers at" in proc.stderr
+
+
+def test_a_refused_reload_points_current_back_so_a_restart_serves_the_same_bundle(tmp_path, data_dir):
+    """Issue 13.4: `ln -sfn bundles/bad current; kill -HUP` used to leave the link on the bad bundle,
+    and the next start exited 2."""
+    _point_current(data_dir, "a")
+    id_a = _bundle_id(data_dir / "bundles" / "a")
+    daemon = Daemon(tmp_path, "--data-dir", str(data_dir))
+    try:
+        daemon.notifications.wait_for("READY=1")
+        # 1. SIGHUP after someone pointed the link at a tampered bundle.
+        _point_current(data_dir, "bad")
+        daemon.proc.send_signal(signal.SIGHUP)
+        daemon.notifications.wait_for("RELOADING=1")
+        assert "reload refused" in daemon.notifications.wait_for("READY=1")
+        assert os.readlink(data_dir / "current") == "bundles/a"
+        assert daemon.get("/healthz")[1]["bundle_id"] == id_a
+        # 2. The API's reload of whatever `current` names (what `glimpse reload` does without a name).
+        _point_current(data_dir, "bad")
+        status, body = daemon.post("/api/admin/reload", {})
+        assert status == 409 and "altered" in body["error"]
+        assert os.readlink(data_dir / "current") == "bundles/a"
+    finally:
+        assert daemon.stop() == 0
+    assert "switched back to a, the bundle being served" in daemon.stderr
+    # 3. The next start serves the bundle that was being served.
+    (tmp_path / "notify.sock").unlink()
+    again = Daemon(tmp_path, "--data-dir", str(data_dir))
+    try:
+        again.notifications.wait_for("READY=1")
+        assert again.get("/healthz")[1]["bundle_id"] == id_a
+    finally:
+        assert again.stop() == 0

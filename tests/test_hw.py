@@ -517,3 +517,19 @@ def test_importing_the_daemon_loads_no_hardware_library():
             "print(sorted(m for m in ('gpiozero', 'luma', 'luma.core', 'lgpio', 'RPi') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout
     assert out.strip() == "[]"
+
+
+def test_display_says_disk_full_while_the_data_disk_is_full(rig):
+    """Issue 13.9: the daemon posts "disk full" when the ingest store hits a full disk, "disk ok" after."""
+    r = rig(display=(128, 64, "1"))
+    normal = r.device.image.tobytes()
+    expected = render(Screen(address="192.168.1.20:8080", bundle_id=r.daemon.searcher.bundle.id, items=8,
+                             caption="Press for a surprise", note="Disk full"), (128, 64), "1")
+    r.panel.post("disk full")
+    r.later()
+    assert r.device.image.tobytes() == expected.tobytes()
+    assert r.panel.describe()["light_state"] == "error"
+    r.panel.post("disk ok")
+    r.later()
+    assert r.device.image.tobytes() == normal
+    assert r.panel.describe()["light_state"] == "ready"

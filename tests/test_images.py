@@ -287,3 +287,86 @@ def test_thumbnail_keeps_aspect_and_max_side(size, max_side, expected):
     assert thumb.size == expected
     assert max(thumb.size) <= max_side
     assert image.size == size  # the original is untouched
+
+
+# --- decoding bounded by memory, not only by pixels (issue 13.1) ----------------------------
+
+
+def _bitonal_png(path, side: int = 6000) -> None:
+    """A PNG of 1-bit pixels: tiny on disk, ``side`` squared bytes once Pillow decodes it."""
+    img = Image.new("1", (side, side), 0)
+    img.paste(1, (side // 4, side // 4, side // 2, side // 2))
+    img.save(path, optimize=True)
+
+
+def test_a_photo_needing_more_memory_than_the_budget_is_refused_before_decoding(tmp_path):
+    from device.images import check_photo_bytes
+
+    path = tmp_path / "wide.png"
+    Image.new("RGB", (5000, 4000), (10, 20, 30)).save(path)  # 20 MP RGB: 80 MB decoded
+    with pytest.raises(ImageUnreadable, match=r"a 5000x4000 RGB PNG needs about \d+ MiB to decode, over the "
+                                              r"budget of 50 MiB \(setting decode_budget_mb\)"):
+        open_photo(path, min_side=1280, max_bytes=50 * 2**20)
+    with pytest.raises(ImageUnreadable, match="over the budget of 50 MiB"):
+        check_photo_bytes(path.read_bytes(), "wide.png", max_bytes=50 * 2**20, min_side=1280)
+    assert open_photo(path, min_side=1280, max_bytes=300 * 2**20).image.size == (5000, 4000)  # 240 MB fits
+    assert open_photo(path, min_side=1280, max_bytes=200 * 2**20).image.size == (1667, 1334)  # reduced by 3
+
+
+def test_over_the_budget_a_photo_is_reduced_right_after_decoding(tmp_path):
+    # 36 MB of 1-bit pixels fit a 60 MiB budget; RGB copies of the full frame (144 MB) would not.
+    path = tmp_path / "scan.png"
+    _bitonal_png(path)
+    photo = open_photo(path, min_side=1280, max_bytes=60 * 2**20)
+    assert (photo.width, photo.height) == (6000, 6000)  # the full size is still reported
+    assert photo.image.size == (1500, 1500) and photo.image.mode == "RGB"  # reduced by 4, sides >= 1280
+    assert photo.image.getpixel((500, 500)) == (255, 255, 255) and photo.image.getpixel((100, 100)) == (0, 0, 0)
+
+
+def test_a_jpeg_is_budgeted_at_the_scale_it_is_decoded_at(tmp_path):
+    from device.images import decode_cost
+
+    path = tmp_path / "camera.jpg"
+    Image.new("RGB", (8000, 6000), (90, 120, 150)).save(path, quality=80)
+    # 48 MP: 576 MB at full scale, but draft decodes it at 1/4 (2000x1500 >= 1280) first.
+    photo = open_photo(path, min_side=1280, max_bytes=64 * 2**20)
+    assert (photo.width, photo.height) == (8000, 6000) and photo.image.size == (2000, 1500)
+    assert decode_cost("RGB", (2000, 1500), 1280, 64 * 2**20) == (2000 * 1500 * 12, 1)
+
+
+def test_decode_cost_counts_pillows_bytes_per_pixel():
+    from device.images import decode_cost
+
+    assert decode_cost("L", (1000, 1000), None) == (1000 * 1000 * 9, 1)
+    assert decode_cost("RGB", (1000, 1000), None) == (1000 * 1000 * 12, 1)  # RGB is held as 4 bytes
+    # Within the budget nothing changes: processed at full size, as before.
+    assert decode_cost("1", (10950, 10950), 1280, 2**40)[1] == 1
+    # Over it: reduced by 8 (10950 // 1280), the frame itself still counted whole.
+    cost, factor = decode_cost("1", (10950, 10950), 1280, 150 * 2**20)
+    assert factor == 8 and cost == 10950 * 10950 + (10950 * 10950 // 64) * 9
+
+
+def test_the_default_budget_follows_the_cgroup_memory_limit(monkeypatch, tmp_path):
+    from device import images
+
+    cgroup = tmp_path / "sys" / "system.slice" / "glimpse.service"
+    cgroup.mkdir(parents=True)
+    (cgroup / "memory.max").write_text("419430400\n")  # MemoryMax=400M
+    real_path = images.Path
+
+    def fake_path(name, *rest):
+        if str(name) == "/proc/self/cgroup":
+            name = tmp_path / "cgroup"
+        elif str(name) == "/sys/fs/cgroup":
+            name = tmp_path / "sys"
+        return real_path(name, *rest)
+
+    (tmp_path / "cgroup").write_text("0::/system.slice/glimpse.service\n")
+    monkeypatch.setattr(images, "Path", fake_path)
+    assert images.memory_limit() == 400 * 2**20
+    assert images.decode_budget() == 160 * 2**20
+    assert images.decode_budget(64) == 64 * 2**20  # the setting wins
+    (cgroup / "memory.max").write_text("max\n")  # no limit: the machine's memory
+    import os
+
+    assert images.memory_limit() == os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -38,6 +38,8 @@ SEARCH_FLASH_SECONDS = 0.4
 CHANGED = "changed"  # the slideshow changed (from any thread)
 READY = "ready"      # serving (after start-up or a reload)
 ERROR = "error"      # something failed (a reload was refused)
+DISK_FULL = "disk full"  # the data directory's disk is full: adding photos waits
+DISK_OK = "disk ok"      # space returned
 
 
 class Panel:
@@ -83,7 +85,8 @@ class Panel:
     # --- from any thread ---------------------------------------------------------------
 
     def post(self, event: str) -> None:
-        """Queue ``event`` (``press``, ``hold``, ``changed``, ``ready``, ``error``) for the main loop."""
+        """Queue ``event`` (``press``, ``hold``, ``changed``, ``ready``, ``error``, ``disk full``,
+        ``disk ok``) for the main loop."""
         self._events.put(event)
         self._wake()
 
@@ -156,6 +159,15 @@ class Panel:
             self._dirty = True
         elif event == ERROR:
             self._set_base("error")
+        elif event == DISK_FULL:
+            self._note = "Disk full"
+            self._set_base("error")
+            self._dirty = True
+        elif event == DISK_OK:
+            if self._note == "Disk full":
+                self._note = ""
+                self._set_base("ready")
+                self._dirty = True
         else:
             raise ValueError(f"unknown panel event {event!r}")
 

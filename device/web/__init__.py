@@ -218,29 +218,42 @@ def create_app(daemon) -> Flask:
                                    "or leave it on auto and serve DATA_DIR/current rather than --bundle")
         return daemon.ingest_store
 
-    def _upload(files) -> list[dict]:
-        """Store each uploaded file durably; a result per file (never all-or-nothing)."""
-        from device.ingest import IngestBusy, IngestRefused
+    def _upload(files) -> tuple[list[dict], int]:
+        """Store each uploaded file durably; a result per file (never all-or-nothing).
+
+        The queue limit is checked for each photo, so a request can be partly accepted;
+        each refused file says why.
+
+        Returns:
+            The results and the status to answer with: 202 when any file was accepted
+            (queued, or already known); when every file was refused, 507 if the disk
+            is full, 503 if the queue is, else 400.
+        """
+        from device.ingest import IngestBusy, IngestDiskFull, IngestRefused
 
         store = _store()
         if not files:
             raise QueryInvalid("no files: send them as multipart form field 'files'")
-        if store.counts()["queued"] >= settings.ingest_queue_max:
-            raise IngestBusy(f"{settings.ingest_queue_max} photos are waiting to be added; try again later")
-        results = []
+        results, causes = [], set()
         for upload in files:
             name = upload.filename or "photo"
             data = upload.read()
             try:
-                added = store.add_upload(name, data, in_bundle=g.searcher.bundle.__contains__)
+                added = store.add_upload(name, data, in_bundle=g.searcher.bundle.__contains__,
+                                         queue_max=settings.ingest_queue_max)
             except IngestRefused as exc:
-                results.append({"name": name, "status": "refused", "reason": str(exc)})
+                cause = ("disk_full" if isinstance(exc, IngestDiskFull)
+                         else "busy" if isinstance(exc, IngestBusy) else "invalid")
+                causes.add(cause)
+                results.append({"name": name, "status": "refused", "reason": str(exc), "cause": cause})
                 continue
             results.append({"name": name, "status": added.status, "id": added.id, "path": added.path})
         daemon.metrics.added.inc(sum(1 for r in results if r["status"] == "queued"))
         if daemon.ingestor:
             daemon.ingestor.wake()
-        return results
+        if any(r["status"] != "refused" for r in results):
+            return results, 202
+        return results, 507 if "disk_full" in causes else 503 if "busy" in causes else 400
 
     def _add_page(results=None, error=None, status=200):
         return render_template("add.html", counts=_store().counts(), results=results, error=error,
@@ -257,12 +270,26 @@ def create_app(daemon) -> Flask:
         refusal = _admin_refusal(settings)
         if refusal:  # the page again, saying why, with the token field (the browser cannot keep the files)
             return _add_page(error=refusal[1] + ": choose the photos again", status=refusal[0])
-        return _add_page(results=_upload(request.files.getlist("files")), status=202)
+        results, status = _upload(request.files.getlist("files"))
+        response = Response(*_add_page(results=results, status=status))
+        if status == 503:
+            response.headers["Retry-After"] = "30"
+        return response
 
     @app.post("/api/admin/upload")
     def api_upload():
         _require_admin(settings)
-        return jsonify(_upload(request.files.getlist("files"))), 202
+        results, status = _upload(request.files.getlist("files"))
+        if status == 202:
+            return jsonify(results), 202
+        # Every file was refused: an error, with each file's reason.
+        reasons = {507: "the device's disk is full; free some space and try again",
+                   503: "too many photos are waiting to be added; try again later",
+                   400: "no file could be added"}
+        response = jsonify({"error": reasons[status], "results": results})
+        if status == 503:
+            response.headers["Retry-After"] = "30"
+        return response, status
 
     @app.delete("/api/admin/items/<item_id>")
     def api_remove(item_id: str):
