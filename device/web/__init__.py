@@ -390,7 +390,12 @@ def create_app(daemon) -> Flask:
     @app.errorhandler(HTTPException)
     def _http_error(exc):
         if request.path.startswith("/api/") or request.path in {"/healthz", "/metrics"}:
-            return jsonify({"error": exc.description}), exc.code
+            response = jsonify({"error": exc.description})
+            # The headers the status needs (RFC 9110): Allow on a 405, WWW-Authenticate on a 401.
+            for name, value in exc.get_headers():
+                if name.lower() != "content-type":
+                    response.headers.add(name, value)
+            return response, exc.code
         return exc
 
     @app.errorhandler(Exception)
