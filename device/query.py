@@ -68,7 +68,7 @@ def parse(query: str) -> list[Term]:
         QueryInvalid: a dangling operator, a bad weight, no positive term, or
             more than :data:`MAX_TERMS` terms.
     """
-    groups: list[tuple[float, list[str]]] = []
+    groups: list[tuple[float, list[tuple[str, bool]]]] = []  # (sign, [(word, was_quoted)])
     sign, dangling = 1.0, False  # dangling: an operator waits for its term
     for token, quoted in _tokens(query):
         if not quoted and token in {"+", "-"}:
@@ -79,9 +79,9 @@ def parse(query: str) -> list[Term]:
                 and (not token[1].isdigit() or _WEIGHT.match(token[1:]))):
             sign, dangling, token = (1.0 if token[0] == "+" else -1.0), True, token[1:]
         if dangling or not groups:
-            groups.append((sign, [token]))
+            groups.append((sign, [(token, quoted)]))
         else:
-            groups[-1][1].append(token)
+            groups[-1][1].append((token, quoted))
         sign, dangling = 1.0, False
     if dangling:
         raise QueryInvalid("the query ends with an operator: put a term after '+' or '-'")
@@ -95,9 +95,11 @@ def parse(query: str) -> list[Term]:
     return terms
 
 
-def _term(sign: float, words: list[str]) -> Term:
+def _term(sign: float, tokens: list[tuple[str, bool]]) -> Term:
     weight = 1.0
-    match = _WEIGHT.match(words[0])
+    words = [word for word, _ in tokens]
+    # A quoted first word is literal text ("2:1 ratio"), never a weight.
+    match = None if tokens[0][1] else _WEIGHT.match(words[0])
     if match:
         weight = float(match.group(1))
         rest = match.group(2)
