@@ -85,8 +85,10 @@ class Tally:
             self.calls.append((kind, t0, time.monotonic(), outcome, detail[:160]))
 
     def in_kill_window(self, t0: float, t1: float) -> bool:
+        """Whether a call that failed at ``t1`` failed because of a kill: it ended while
+        the daemon was down or restarting (a time-out that merely spans a kill does not)."""
         with self.lock:
-            return any(t0 <= end + GRACE and t1 >= start for start, end in self.windows)
+            return any(start <= t1 <= end + GRACE for start, end in self.windows)
 
 
 class Daemon:
@@ -429,6 +431,8 @@ def main(argv=None) -> int:
         ("ingest queue drained", f"{drained} ({queue})"),
         ("peak RSS of the daemon (VmHWM, MiB)",
          f"{tally.peak_rss_kib / 1024:.0f}" + (f" (unit MemoryMax {memory_max:.0f})" if memory_max else "")),
+        ("searches answered 200", len(latencies)),
+        ("kill -9 windows (s, killed to ready again)", ", ".join(f"{end - start:.1f}" for start, end in tally.windows)),
         ("search latency p50 / p99 (ms)", f"{pct(0.5):.1f} / {pct(0.99):.1f}"),
         ("search throughput (ok/s)", f"{len(latencies) / args.seconds:.1f}"),
     ]
