@@ -48,6 +48,12 @@ hypothesis_settings.register_profile("deep", parent=hypothesis_settings.get_prof
 hypothesis_settings.load_profile("glimpse")
 
 
+def budget(examples: int) -> int:
+    """``examples`` for a property test under the "glimpse" profile (hypothesis' 100 by
+    default), scaled by the loaded profile's max_examples (x20 under "deep")."""
+    return max(1, examples * hypothesis_settings.default.max_examples // 100)
+
+
 def pytest_configure(config):
     # Builds cache embeddings under $XDG_CACHE_HOME; keep the tests' cache out of
     # the user's (subprocesses inherit this).

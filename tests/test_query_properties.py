@@ -15,6 +15,7 @@ import re
 import pytest
 from hypothesis import given, settings as hypothesis_settings, strategies as st
 
+from conftest import budget
 from device import settings
 from device.daemon import Daemon
 from device.errors import QueryInvalid
@@ -29,7 +30,7 @@ _SYNTAX = st.lists(st.sampled_from(list('+-:@". 0123456789abcXYZé\t\n') + ["t-s
 
 
 @given(st.one_of(st.text(max_size=80), _SYNTAX))
-@hypothesis_settings(max_examples=400)
+@hypothesis_settings(max_examples=budget(300))
 def test_any_text_parses_into_valid_terms_or_is_refused_with_a_reason(query):
     try:
         terms = parse(query)
@@ -80,7 +81,7 @@ def written_terms(draw, ids=_ID, words=_WORD):
 
 
 @given(written_terms(), st.sampled_from([" ", "  ", "\t", " \n "]))
-@hypothesis_settings(max_examples=300)
+@hypothesis_settings(max_examples=budget(150))
 def test_a_written_query_parses_back_to_its_terms(written, gap):
     query, terms = written
     assert parse(query) == terms
@@ -91,7 +92,7 @@ _PHRASE = st.text(alphabet=st.sampled_from(list("abc XYZ 0123456789 +-:.,!?'é")
 
 
 @given(_PHRASE.filter(lambda p: any(c.isalnum() for c in p)), st.booleans())
-@hypothesis_settings(max_examples=300)
+@hypothesis_settings(max_examples=budget(300))
 def test_quotes_keep_a_phrase_as_it_is(phrase, excluded):
     # "-5 degrees", "2:1 ratio", "+ more": quoted, none of it is an operator or a weight.
     query = f'cat - "{phrase}"' if excluded else f'"{phrase}"'
@@ -137,7 +138,7 @@ def bundle_ids(bundle_dir) -> list[str]:
 
 
 @given(data=st.data())
-@hypothesis_settings(max_examples=60)
+@hypothesis_settings(max_examples=budget(60))
 def test_the_api_answers_every_written_query(client, bundle_ids, data):
     ids = st.one_of(st.sampled_from(bundle_ids), _ID)
     query, terms = data.draw(written_terms(ids=ids, words=st.sampled_from(_VOCABULARY)))
