@@ -2,7 +2,8 @@
 #   make demo   install into .venv, build the demo bundle on first run, serve http://127.0.0.1:8080
 #   make test   install what the tests need (.venv and .venv-host), run them
 # Other targets: make test-pi (Glimpse on emulated Raspberry Pi CPUs; root, network),
-# make models (rebuild the committed default model; needs PyTorch), make bench,
+# make models (rebuild the committed default model; needs PyTorch), make bench, make soak (the daemon
+# under load, slow clients, hostile uploads, reloads and kill -9 for SOAK_SECONDS on loopback),
 # make bench-ann (ANN engines side by side; needs Debian's dataset-fashion-mnist, x86 for scann).
 
 PYTHON      ?= python3
@@ -16,11 +17,12 @@ DEMO_BUNDLE := var/demo-bundle
 HOST        ?= 127.0.0.1
 PORT        ?= 8080
 PYTEST_ARGS ?=
+SOAK_SECONDS ?= 60
 # Debian arm64 root filesystems for make test-pi, kept between runs and checkouts.
 PI_CACHE    ?= /var/cache/glimpse-pi
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-device test-host test-pi pi-tools models bench bench-ann bench-eval eval-deps system-deps clean
+.PHONY: demo test test-device test-host test-pi pi-tools models bench bench-ann bench-eval eval-deps soak system-deps clean
 
 # Debian packages the tests use as users have them: headless Chromium and its
 # driver for the browser test, systemd-analyze for the unit file, sshd (with the
@@ -127,6 +129,11 @@ bench: $(VENV)/.installed-test
 	@$(VENV)/bin/glimpse verify --bundle $(DEMO_BUNDLE) >/dev/null 2>&1 || \
 	  $(VENV)/bin/glimpse-provision demo --out $(DEMO_BUNDLE) --force --quiet
 	$(VENV)/bin/python -m bench.query_latency --bundle $(DEMO_BUNDLE)
+
+soak: $(VENV)/.installed-test
+	@$(VENV)/bin/glimpse verify --bundle $(DEMO_BUNDLE) >/dev/null 2>&1 || \
+	  $(VENV)/bin/glimpse-provision demo --out $(DEMO_BUNDLE) --force --quiet
+	$(VENV)/bin/python -m bench.soak --bundle $(DEMO_BUNDLE) --seconds $(SOAK_SECONDS)
 
 # The device's packages plus the reference engines (scann, hnswlib): a bench-only environment.
 $(BENCH_VENV)/.installed: setup.cfg pyproject.toml

@@ -71,7 +71,7 @@ def parse(query: str) -> list[Term]:
         QueryInvalid: a dangling operator, a bad weight, no positive term, or
             more than :data:`MAX_TERMS` terms.
     """
-    groups: list[tuple[float, list[tuple[str, bool]]]] = []
+    groups: list[tuple[float, list[tuple[str, bool]]]] = []  # (sign, [(word, was_quoted)])
     sign, dangling = 1.0, False  # dangling: an operator waits for its term
     alone = False  # the last term is an @ID: the next word starts a term of its own
     for token, quoted in _tokens(query):
@@ -109,8 +109,9 @@ def _is_reference(token: str) -> bool:
 
 def _term(sign: float, tokens: list[tuple[str, bool]]) -> Term:
     weight = 1.0
-    words = [token for token, _ in tokens]
-    match = _WEIGHT.match(words[0])
+    words = [word for word, _ in tokens]
+    # A quoted first word is literal text ("2:1 ratio"), never a weight.
+    match = None if tokens[0][1] else _WEIGHT.match(words[0])
     if match:
         weight = float(match.group(1))
         rest = match.group(2)

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from device.model import default_model_dir
 from provisioning import demo
@@ -34,6 +35,23 @@ LIBRARY_PHOTOS = {
     "moon.png": "space/moon.png",
     "brick.png": "brick-wall.png",
 }
+
+
+# Property-based tests (tests/test_fuzz_api.py, tests/test_query_properties.py): the
+# same examples on every run, so CI is reproducible and a failure replays; no
+# example database, no deadline (2 shared cores make timings noisy). The "deep"
+# profile (pytest --hypothesis-profile=deep) searches far longer with fresh randomness.
+hypothesis_settings.register_profile("glimpse", derandomize=True, database=None, deadline=None,
+                                     print_blob=True)
+hypothesis_settings.register_profile("deep", parent=hypothesis_settings.get_profile("glimpse"),
+                                     derandomize=False, max_examples=2000)
+hypothesis_settings.load_profile("glimpse")
+
+
+def budget(examples: int) -> int:
+    """``examples`` for a property test under the "glimpse" profile (hypothesis' 100 by
+    default), scaled by the loaded profile's max_examples (x20 under "deep")."""
+    return max(1, examples * hypothesis_settings.default.max_examples // 100)
 
 
 def pytest_configure(config):

@@ -17,6 +17,8 @@ from device.query import Term, parse
     ("a dog -people on bikes +2:cat", [Term(1.0, "a dog"), Term(-1.0, "people on bikes"), Term(2.0, "cat")]),
     ("@c2dd0de7c538df8d + night", [Term(1.0, item_id="c2dd0de7c538df8d"), Term(1.0, "night")]),
     ('"-5 degrees"', [Term(1.0, "-5 degrees")]),
+    ('"2:1 ratio"', [Term(1.0, "2:1 ratio")]),  # found by test_query_properties: quotes keep weights literal
+    ('cat - "0.5:1 scale"', [Term(1.0, "cat"), Term(-1.0, "0.5:1 scale")]),
     ("-5 degrees celsius", [Term(1.0, "-5 degrees celsius")]),
     ("t-shirt", [Term(1.0, "t-shirt")]),
     ("2: dog", [Term(2.0, "dog")]),
