@@ -160,6 +160,15 @@ def test_help_explains_the_query_syntax(client):
     assert "Search tips" in page.one("h2").text()
 
 
+def test_help_states_what_a_strong_match_is_for_this_model(client, bundle_dir):
+    text = " ".join(get(client, "/help").one("main").text().split())
+    assert "above 0.5" not in text  # 1.1.0's scores said otherwise: a microscope slide at 0.64 "like" the cat
+    relevance = json.loads((bundle_dir / "model" / "model.json").read_text(encoding="utf-8"))["relevance"]
+    assert f"at least {relevance['text_strong']:.3f} for words" in text
+    assert f"{relevance['image_strong']:.3f} for find-similar" in text
+    assert "Weaker matches" in text and "No good match" in text
+
+
 def test_results_are_rendered_without_javascript_and_link_to_photo_pages(client, items):
     page = get(client, "/", query_string={"q": "a cup of coffee"})
     found = cards(page)

@@ -189,7 +189,8 @@ def create_app(daemon) -> Flask:
 
     @app.get("/help")
     def help_page():
-        return render_template("help.html", bundle=g.searcher.bundle, version=__version__, query="")
+        return render_template("help.html", bundle=g.searcher.bundle, relevance=g.searcher.relevance,
+                               version=__version__, query="")
 
     @app.get("/thumbs/<item_id>")
     def thumb(item_id: str):
