@@ -127,7 +127,10 @@ def main(argv=None) -> int:
 
     doc = calibration.relevance_doc(tune_s, tune_r, photo_vectors, "", args.target_precision)
     strong = doc["text_strong"]
-    print(f"\nchosen rule: score >= {strong} is strong (text to photo); queries per half and language:")
+    got = [calibration.separation(h[0], h[1], strong) for h in halves.values()]
+    print(f"\nchosen rule: score >= {strong} is strong (text to photo; recorded halfway to the next lower tuning "
+          f"score): P / R tune {got[0].precision:.2f} / {got[0].recall:.2f}, test {got[1].precision:.2f} / "
+          f"{got[1].recall:.2f}; queries per half and language:")
     print(f"{'':<10}{'queries':>8}{'any strong':>11}{'top-1 right | strong':>22}{'top-1 right | no strong':>25}")
     for half, (scores, rel, langs, _) in halves.items():
         for label, select in (("en", langs == "en"), ("non-en", langs != "en"), ("all", langs == langs)):

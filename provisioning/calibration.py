@@ -149,7 +149,12 @@ def relevance_doc(text_scores, text_relevant, photo_vectors, source: str,
     Raises:
         CalibrationFailed: see :func:`fit_threshold` and :func:`background_threshold`.
     """
-    text = round(fit_threshold(text_scores, text_relevant, target_precision, min_support), DECIMALS)
+    cut = fit_threshold(text_scores, text_relevant, target_precision, min_support)
+    # Recorded halfway to the next lower score, so that the pairs the fit kept stay strong
+    # when a rebuilt tower moves scores by a hair (and the rounding does not drop the last one).
+    below = np.asarray(text_scores, dtype=np.float64)
+    below = below[below < cut]
+    text = round((cut + below.max()) / 2 if len(below) else cut, DECIMALS)
     image = round(background_threshold(photo_vectors, percentile), DECIMALS)
     return {
         "method": "score-threshold",

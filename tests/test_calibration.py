@@ -64,5 +64,7 @@ def test_the_relevance_object_is_written_into_model_json_and_the_model_still_ver
                                     np.eye(2), "synthetic", target_precision=1.0, min_support=1)
     calibration.write_calibration(model, doc)
     spec = read_spec(model, verify=True)  # the towers' sha256 still match
-    assert spec.extra["relevance"]["text_strong"] == 0.8
+    # The fit keeps both relevant pairs (0.9, 0.8); the next score down is 0.2: recorded halfway.
+    assert spec.extra["relevance"]["text_strong"] == 0.5
+    assert spec.extra["relevance"]["tune"]["precision"] == 1.0
     assert json.loads((model / "model.json").read_text())["relevance"]["fitted_on"] == "synthetic"

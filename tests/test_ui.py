@@ -360,7 +360,7 @@ def _section_paths(page, list_id, items) -> list[str]:
 
 
 def test_strong_matches_come_first_and_the_rest_under_weaker_matches(client, items):
-    # glimpse-default: "a cat" scores 0.75 for the cat, above the calibrated 0.585; the rest below.
+    # glimpse-default: "a cat" scores 0.75 for the cat, above the calibrated 0.583; the rest below.
     page = get(client, "/", query_string={"q": "a cat"})
     assert _section_paths(page, "best", items) == [CAT]
     weaker = _section_paths(page, "weaker", items)
@@ -388,7 +388,7 @@ def test_no_good_match_is_said_on_the_first_page_only(paged_client, items):
 
 
 def test_find_similar_with_strong_matches_lists_them_first(tmp_path, library, items):
-    client = _client_with_model(tmp_path, library, _model_with(tmp_path, {"text_strong": 0.585, "image_strong": 0.5}))
+    client = _client_with_model(tmp_path, library, _model_with(tmp_path, {"text_strong": 0.583, "image_strong": 0.5}))
     page = get(client, f"/similar/{items[CAT]['id']}")
     best, weaker = _section_paths(page, "best", items), _section_paths(page, "weaker", items)
     assert best and weaker and sorted(best + weaker) == sorted(set(items) - {CAT})
