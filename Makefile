@@ -99,7 +99,7 @@ pi-tools:
 	    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	      debootstrap qemu-user-static; }
 
-models: $(HOST_VENV)/.installed
+models: eval-deps  # the build calibrates strong matches on the evaluation set's tuning half
 	$(HOST_VENV)/bin/glimpse-provision model default --out models/glimpse-default
 
 # The multilingual evaluation set's photos (bench/eval/photos.json): Debian packages that ship

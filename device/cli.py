@@ -196,7 +196,8 @@ def _search(args) -> int:
         print(json.dumps([r.to_json() for r in results], indent=1, ensure_ascii=False))
     else:
         for r in results:
-            print(f"{r.rank:>3}  {r.score:6.3f}  {r.item.path}")
+            # The strength last: a path may contain spaces, the first three columns never do.
+            print(f"{r.rank:>3}  {r.score:6.3f}  {r.item.path}" + (f"  ({r.strength})" if r.strength else ""))
     return 0
 
 

@@ -41,6 +41,38 @@ class ImageTowerSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class Relevance:
+    """What a strong match is for this model (``model.json``'s optional ``relevance``).
+
+    A result whose cosine score is at least the threshold is *strong*, any other
+    *weak*. The thresholds are fitted per model on the evaluation set's tuning half
+    (``provisioning/calibration.py``; docs/models.md), because one model's scores
+    cluster where another's spread: a fixed cut such as 0.5 means nothing across models.
+
+    Attributes:
+        text_strong: threshold for a text query against photos (search).
+        image_strong: threshold for a photo against photos (find similar).
+    """
+
+    text_strong: float
+    image_strong: float
+
+    @classmethod
+    def from_json(cls, doc) -> "Relevance":
+        """Parse the ``relevance`` object; raises ``ValueError``/``TypeError``/``KeyError`` if malformed."""
+        if not isinstance(doc, dict):
+            raise TypeError("relevance must be an object")
+        values = {name: float(doc[name]) for name in ("text_strong", "image_strong")}
+        if not all(-1.0 <= v <= 1.0 for v in values.values()):
+            raise ValueError("relevance thresholds must be cosine scores between -1 and 1")
+        return cls(**values)
+
+    def strength(self, score: float, kind: str = "text") -> str:
+        """``strong`` or ``weak`` for a result's ``score``; ``kind`` is ``text`` or ``image``."""
+        return "strong" if score >= (self.text_strong if kind == "text" else self.image_strong) else "weak"
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelSpec:
     """What ``model.json`` says about a dual encoder.
 
@@ -64,6 +96,12 @@ class ModelSpec:
     image: ImageTowerSpec
     files: dict
     extra: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def relevance(self) -> Relevance | None:
+        """The model's calibrated strong-match thresholds; ``None`` when model.json has none."""
+        doc = self.extra.get("relevance")
+        return None if doc is None else Relevance.from_json(doc)
 
     @property
     def full_id(self) -> str:
@@ -150,6 +188,10 @@ def read_spec(model_dir: Path, verify: bool = True) -> ModelSpec:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelInvalid(f"{spec_path}: malformed model spec: {exc!r}") from None
+    try:
+        spec.relevance  # an optional key, but a malformed one is refused
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelInvalid(f"{spec_path}: malformed relevance: {exc!r}") from None
     if spec.distance != "cosine":
         raise ModelInvalid(f"{spec_path}: distance {spec.distance!r} is not supported (only cosine)")
     for name in (spec.text.file, spec.text.tokenizer, spec.image.file):
@@ -183,3 +225,22 @@ def default_model_dir() -> Path:
     if not (path / SPEC_NAME).is_file():
         raise ModelInvalid(f"the default model is not at {path}; pass --model DIR")
     return path
+
+
+def relevance_of(spec: ModelSpec) -> Relevance | None:
+    """The strong-match thresholds for ``spec``: its own, or else, for a copy of the
+    committed default model made before it was calibrated (a bundle built earlier
+    carries such a copy), the default model's; ``None`` for an uncalibrated model.
+
+    Only the same towers qualify: the same embedding key (id, version, image tower)
+    and the same text tower.
+    """
+    if spec.relevance is not None:
+        return spec.relevance
+    try:
+        default = read_spec(default_model_dir(), verify=False)
+    except ModelInvalid:
+        return None
+    same = (default.embedding_key == spec.embedding_key
+            and default.files.get(default.text.file) == spec.files.get(spec.text.file))
+    return default.relevance if same else None

@@ -20,6 +20,7 @@ from device.bundle import Bundle, Item
 from device.encoders import EncoderOptions, TextEncoder
 from device.errors import ItemNotFound, QueryInvalid
 from device.index import top_k
+from device.model import Relevance, relevance_of
 
 #: Longest query accepted, in characters. The text tower reads 64 tokens; a
 #: longer query is almost surely pasted by mistake (or an attack).
@@ -53,11 +54,15 @@ class Result:
         rank: 1-based position, best first.
         score: cosine similarity of query and photo (-1..1; higher is closer).
         item: the photo.
+        strength: ``strong`` when the score reaches the model's calibrated threshold
+            (:class:`device.model.Relevance`), else ``weak``; ``None`` when the model
+            has no calibration.
     """
 
     rank: int
     score: float
     item: Item
+    strength: str | None = None
 
     def to_json(self) -> dict:
         """The result as the CLI's ``--json`` and ``/api/search`` give it."""
@@ -67,6 +72,7 @@ class Result:
             "id": item.id,
             "path": item.path,
             "score": round(float(self.score), 6),
+            "strength": self.strength,
             "thumb": item.thumb,
             "width": item.width,
             "height": item.height,
@@ -176,6 +182,8 @@ class Searcher:
         self.index = bundle.index
         self._lock = threading.Lock()
         self._row_cache: dict = {}
+        #: What a strong match is for the bundle's model; ``None``: uncalibrated, no strengths.
+        self.relevance: Relevance | None = relevance_of(bundle.spec)
 
     @classmethod
     def create_from_options(cls, options: SearcherOptions) -> "Searcher":
@@ -208,7 +216,10 @@ class Searcher:
         """
         query = check_query(query, self.options.max_query_chars)
         k, offset = check_page(k, offset)
-        return self.search_vector(self.embed_query(query), k, offset, filters)
+        vector = self.embed_query(query)
+        # Only photos (@ID terms): photo-to-photo scores, judged as find-similar's are.
+        kind = "image" if all(t.item_id is not None for t in query_syntax.parse(query)) else "text"
+        return self.search_vector(vector, k, offset, filters, kind=kind)
 
     def embed_query(self, query: str) -> np.ndarray:
         """The query vector: weighted sum of the terms' embeddings, unit length.
@@ -245,11 +256,15 @@ class Searcher:
         """
         vector = self.embedding_of(item_id)
         k, offset = check_page(k, offset)
-        return self.search_vector(vector, k, offset, filters, exclude=item_id)
+        return self.search_vector(vector, k, offset, filters, exclude=item_id, kind="image")
 
     def search_vector(self, vector, k: int = 5, offset: int = 0, filters: Filters = NO_FILTERS,
-                      exclude: str | None = None) -> list[Result]:
-        """Like :meth:`search` for an embedding already in the shared space."""
+                      exclude: str | None = None, kind: str = "text") -> list[Result]:
+        """Like :meth:`search` for an embedding already in the shared space.
+
+        ``kind`` says what made ``vector`` (``text``: a query; ``image``: a photo), so
+        which calibrated threshold gives each result its strength.
+        """
         vector = np.asarray(vector, dtype=np.float32)
         want = offset + k + (1 if exclude is not None else 0)
         if filters.restricts_rows:
@@ -269,7 +284,9 @@ class Searcher:
         if filters.min_score is not None:
             hits = [(item, s) for item, s in hits if s >= filters.min_score]
         hits = hits[offset:offset + k]
-        return [Result(rank=offset + i + 1, score=s, item=item) for i, (item, s) in enumerate(hits)]
+        judge = self.relevance.strength if self.relevance is not None else (lambda score, kind: None)
+        return [Result(rank=offset + i + 1, score=s, item=item, strength=judge(s, kind))
+                for i, (item, s) in enumerate(hits)]
 
     def item(self, item_id: str) -> Item:
         """A photo of the bundle or added on the device; raises :class:`ItemNotFound`."""

@@ -14,6 +14,7 @@ image tower's graph, so the device only runs two ``.tflite`` files.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -23,7 +24,7 @@ import numpy as np
 
 from device.model import ImageTowerSpec, ModelSpec, TextTowerSpec, sha256_file, write_spec
 from device.wording import plural
-from provisioning import convert, demo
+from provisioning import calibration, convert, demo
 
 MODEL_ID = "glimpse-default"
 MODEL_VERSION = "1.1.0"
@@ -339,6 +340,12 @@ def build(out_dir: Path, variant: str = "int8", log=print) -> ModelSpec:
                "licence": "Apache-2.0 (see MODEL_CARD.md)"},
     )
     write_spec(out_dir, spec)
+    # What a strong match is for this model, fitted on the evaluation set's tuning half
+    # (its photos come from `make eval-deps`); the towers written above are what is measured.
+    log("calibrating strong and weak matches on the evaluation set's tuning half")
+    relevance = calibration.calibrate(out_dir)
+    calibration.write_calibration(out_dir, relevance)
+    spec = dataclasses.replace(spec, extra={**spec.extra, "relevance": relevance})
     (out_dir / CARD_FILE).write_text(model_card(spec), encoding="utf-8")
     log(f"wrote {out_dir}")
     return spec

@@ -188,11 +188,14 @@ def schema_errors(spec: dict, schema: dict, value, where: str = "$") -> list[str
 
 def test_the_checker_catches_what_it_should(spec):
     result = {"$ref": "#/components/schemas/Result"}
-    good = {"rank": 1, "id": "a", "path": "p", "score": 0.5, "thumb": "t", "width": 1, "height": 1, "taken": None}
+    good = {"rank": 1, "id": "a", "path": "p", "score": 0.5, "strength": "weak", "thumb": "t", "width": 1,
+            "height": 1, "taken": None}
     assert schema_errors(spec, result, good) == []
     assert schema_errors(spec, result, {**good, "rank": True})  # a bool is no integer
     assert schema_errors(spec, result, {**good, "score": 1.5})
     assert schema_errors(spec, result, {**good, "extra": 1})
+    assert schema_errors(spec, result, {**good, "strength": "fair"})
+    assert schema_errors(spec, result, {**good, "strength": None}) == []
     assert schema_errors(spec, result, {k: v for k, v in good.items() if k != "taken"})
     assert schema_errors(spec, {"type": "array", "items": result}, [good, {**good, "taken": 3}])
 
@@ -460,6 +463,70 @@ def test_a_photo_reference_searches_by_that_photo(client, ids):
     assert _paths(alone[1:]) == _paths(similar)
     mixed = _search(client, f"@{ids[COFFEE]} + 3:a rocket")
     assert mixed[0]["path"] == ROCKET and COFFEE in _paths(mixed[:3])
+
+
+# --- strength: strong and weak matches (issue 15.3) ---------------------------------------------
+
+
+def _relevance(bundle_dir) -> dict:
+    return json.loads((bundle_dir / "model" / "model.json").read_text(encoding="utf-8"))["relevance"]
+
+
+def test_every_result_says_whether_it_is_a_strong_match(client, bundle_dir):
+    strong_at = _relevance(bundle_dir)["text_strong"]
+    results = _search(client, "a cat", k=8)
+    assert [r["strength"] for r in results] == ["strong"] + ["weak"] * 7
+    assert all((r["score"] >= strong_at) == (r["strength"] == "strong") for r in results)
+    # A query the model cannot answer ("people" scores about 0.3 everywhere) has no strong match.
+    assert {r["strength"] for r in _search(client, "people", k=8)} == {"weak"}
+
+
+def test_strength_does_not_change_with_paging_or_the_score_filter(client):
+    whole = {r["id"]: r["strength"] for r in _search(client, "a cat", k=8)}
+    pages = _search(client, "a cat", k=1) + _search(client, "a cat", k=7, offset=1)
+    assert {r["id"]: r["strength"] for r in pages} == whole
+    filtered = _search(client, "a cat", k=8, min_score="0.3")
+    assert all(whole[r["id"]] == r["strength"] for r in filtered)
+
+
+def test_find_similar_and_photo_queries_are_judged_by_the_photo_threshold(client, bundle_dir, ids):
+    image_at = _relevance(bundle_dir)["image_strong"]
+    similar = client.get(f"/api/similar/{ids[MOON]}?k=7").get_json()
+    assert all((r["score"] >= image_at) == (r["strength"] == "strong") for r in similar)
+    # The photo itself (cosine 1) is strong; other photos are judged as find-similar judges
+    # them, not by the (lower) text threshold that many photo pairs pass.
+    alone = _search(client, f"@{ids[MOON]}", k=8)
+    assert alone[0]["strength"] == "strong"
+    assert [r["strength"] for r in alone[1:]] == [r["strength"] for r in similar]
+    assert any(r["score"] >= _relevance(bundle_dir)["text_strong"] for r in similar)
+
+
+def test_a_model_without_calibration_gives_no_strength(tmp_path, library):
+    model = tmp_path / "model"
+    shutil.copytree(REPO / "models" / "glimpse-default", model)
+    spec = json.loads((model / "model.json").read_text(encoding="utf-8"))
+    del spec["relevance"]
+    spec["id"] = "uncalibrated"  # not the default model's towers' name: nothing to fall back on
+    (model / "model.json").write_text(json.dumps(spec), encoding="utf-8")
+    out = tmp_path / "bundle"
+    run_cli("provisioning", "build", "--images", str(library), "--out", str(out), "--model", str(model), "--quiet")
+    results = _search(_client({"bundle": str(out)}), "a cat", k=8)
+    assert results[0]["path"] == CAT and {r["strength"] for r in results} == {None}
+
+
+def test_a_bundle_made_before_the_calibration_gets_the_default_models(tmp_path, library):
+    # The same towers as the committed default model, with the model.json of 1.1.0 before
+    # it recorded its calibration (bundles built earlier carry that copy).
+    model = tmp_path / "model"
+    shutil.copytree(REPO / "models" / "glimpse-default", model)
+    spec = json.loads((model / "model.json").read_text(encoding="utf-8"))
+    del spec["relevance"]
+    (model / "model.json").write_text(json.dumps(spec), encoding="utf-8")
+    out = tmp_path / "bundle"
+    run_cli("provisioning", "build", "--images", str(library), "--out", str(out), "--model", str(model), "--quiet")
+    assert "relevance" not in json.loads((out / "model" / "model.json").read_text(encoding="utf-8"))
+    results = _search(_client({"bundle": str(out)}), "a cat", k=2)
+    assert [r["strength"] for r in results] == ["strong", "weak"]
 
 
 # --- admin reload ----------------------------------------------------------------------------------------

@@ -178,6 +178,35 @@ def test_search_as_you_type_then_open_a_photo_and_find_similar(server, browser):
     _screenshot(browser, "browser-similar.png")
 
 
+def test_instant_results_put_strong_matches_first_and_say_when_none_is_strong(server, browser):
+    from selenium.webdriver.common.by import By
+
+    browser.get(server)
+    browser.execute_script("window.glimpseSamePage = true")
+    box = browser.find_element(By.ID, "q")
+    box.send_keys("people")  # glimpse-default scores every photo about 0.3 for it: no strong match
+    _wait(browser, lambda d: d.find_elements(By.ID, "no-good"), "no 'No good match' for a query nothing answers")
+    assert browser.find_element(By.ID, "no-good").text == "No good match for \u201cpeople\u201d."
+    assert browser.find_element(By.ID, "weaker-heading").text == "Weaker matches"
+    assert not browser.find_elements(By.ID, "best")
+    assert len(_card_names(browser)) == 8  # still offered, under the heading
+    _screenshot(browser, "browser-no-good-match.png")
+
+    box.clear()
+    box.send_keys("a cat")
+    _wait(browser, lambda d: d.execute_script(
+        "return Array.from(document.querySelectorAll('#best .card .name')).map(e => e.textContent)") == ["cat.png"],
+        "the cat did not come first as the one strong match")
+    assert not browser.find_elements(By.ID, "no-good")
+    assert "a cat" in browser.find_element(By.ID, "status").text
+    best = browser.find_element(By.ID, "best").rect
+    heading = browser.find_element(By.ID, "weaker-heading")
+    assert heading.is_displayed() and heading.rect["y"] >= best["y"] + best["height"]  # below the strong ones
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#weaker .card")) == 7
+    assert browser.execute_script("return window.glimpseSamePage") is True
+    _screenshot(browser, "browser-strong-and-weaker.png")
+
+
 def test_on_a_phone_the_results_are_two_columns(server, browser):
     browser.set_window_size(390, 844)
     browser.get(server + "?q=a+cup+of+coffee")

@@ -33,6 +33,13 @@ def test_json_results_carry_the_contract_fields(bundle_dir):
     assert scores == sorted(scores, reverse=True)
     assert all(-1.0 <= s <= 1.0 for s in scores)
     assert all(isinstance(r["id"], str) and len(r["id"]) == 16 for r in results)
+    assert all(r["strength"] in ("strong", "weak") for r in results)  # glimpse-default is calibrated
+
+
+def test_a_strong_match_and_a_weak_one_are_labelled(bundle_dir):
+    assert [r["strength"] for r in search(bundle_dir, "a cat", k=2)] == ["strong", "weak"]
+    proc = run_cli("device", "search", "a cat", "--bundle", str(bundle_dir), "-k", "2")
+    assert [line.split()[-1] for line in proc.stdout.splitlines()] == ["(strong)", "(weak)"]
 
 
 def test_table_output_lists_rank_score_and_path(bundle_dir):

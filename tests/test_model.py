@@ -194,3 +194,28 @@ def test_round_trip_of_a_changed_spec(model_copy):
     assert again.full_id == "glimpse-default@9.9.9"
     assert again.extra["note"] == "rebuilt"
     assert again == changed
+
+
+def test_the_committed_model_records_what_a_strong_match_is(model_copy):
+    relevance = read_spec(model_copy).relevance
+    assert relevance is not None and -1 <= relevance.text_strong <= 1 and -1 <= relevance.image_strong <= 1
+    assert relevance.strength(relevance.text_strong) == "strong"
+    assert relevance.strength(relevance.text_strong - 0.001) == "weak"
+    assert relevance.strength(relevance.image_strong - 0.001, kind="image") == "weak"
+
+
+@pytest.mark.parametrize("bad", [{"text_strong": 0.5}, {"text_strong": "high", "image_strong": 0.9},
+                                 {"text_strong": 1.5, "image_strong": 0.9}, [0.5, 0.9]])
+def test_a_malformed_relevance_is_refused(model_copy, bad):
+    doc = _load(model_copy)
+    doc["relevance"] = bad
+    _save(model_copy, doc)
+    with pytest.raises(ModelInvalid, match="malformed relevance"):
+        read_spec(model_copy)
+
+
+def test_a_model_without_relevance_still_reads(model_copy):
+    doc = _load(model_copy)
+    del doc["relevance"]
+    _save(model_copy, doc)
+    assert read_spec(model_copy).relevance is None

@@ -4,7 +4,7 @@ Two directions: any text at all parses or is refused with :class:`QueryInvalid`
 (never another exception, never a term that breaks the rules), and a query
 written from known terms (weights, ``-``/``+`` spaced or attached, ``@ID``,
 quotes, hyphenated words) parses back to exactly those terms. Last, such queries
-through ``/api/search`` are answered 200 or, for an unknown ``@ID``, 404.
+through ``/api/search`` are answered 200 or, for an unknown ``@ID``, 400 (a mistyped id, issue 12.5).
 """
 
 from __future__ import annotations

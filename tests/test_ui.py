@@ -84,8 +84,8 @@ def parse(html: str) -> Node:
 
 
 def cards(page: Node) -> list[dict]:
-    """The photo cards of ``#results``: name, item id linked, thumbnail src and alt."""
-    grid = page.one("ol", id="results")
+    """The photo cards of ``#results`` (strong, then weaker): name, item id linked, thumbnail src and alt."""
+    grid = page.one(id="results")
     found = []
     for card in grid.all("li", cls="card"):
         link = card.one("a")
@@ -160,6 +160,15 @@ def test_help_explains_the_query_syntax(client):
     assert "Search tips" in page.one("h2").text()
 
 
+def test_help_states_what_a_strong_match_is_for_this_model(client, bundle_dir):
+    text = " ".join(get(client, "/help").one("main").text().split())
+    assert "above 0.5" not in text  # 1.1.0's scores said otherwise: a microscope slide at 0.64 "like" the cat
+    relevance = json.loads((bundle_dir / "model" / "model.json").read_text(encoding="utf-8"))["relevance"]
+    assert f"at least {relevance['text_strong']:.3f} for words" in text
+    assert f"{relevance['image_strong']:.3f} for find-similar" in text
+    assert "Weaker matches" in text and "No good match" in text
+
+
 def test_results_are_rendered_without_javascript_and_link_to_photo_pages(client, items):
     page = get(client, "/", query_string={"q": "a cup of coffee"})
     found = cards(page)
@@ -221,7 +230,9 @@ def test_find_similar_lists_the_other_photos(client, items):
     assert CAT not in found
     assert sorted(found) == sorted(set(items) - {CAT})
     assert "pets/cat.png" in page.one("section", cls="similar-to").text()
-    assert "Most similar first" in page.one("p", id="status").text()
+    # No photo of this library is as close to the cat as the model's calibration asks of a strong match.
+    assert "No good match for this photo" in page.one("p", id="status").text()
+    assert page.one("h2", id="weaker-heading").text() == "Weaker matches"
 
 
 @pytest.mark.parametrize("url", ["/items/0000000000000000", "/similar/0000000000000000", "/items/nothing",
@@ -315,11 +326,95 @@ def test_no_match_says_so_and_blames_the_filters(client, items):
     assert "No photos match" in similar.one("p", id="status").text()
 
 
+# --- strong and weaker matches (issue 15.3) ----------------------------------------------------
+
+
+def _model_with(tmp_path, relevance, model_id=None):
+    """A copy of the default model with another ``relevance`` (None: without one)."""
+    import shutil
+
+    from device.model import default_model_dir
+
+    model = tmp_path / "model"
+    shutil.copytree(default_model_dir(), model)
+    spec = json.loads((model / "model.json").read_text(encoding="utf-8"))
+    spec.pop("relevance", None)
+    if relevance is not None:
+        spec["relevance"] = relevance
+    if model_id:
+        spec["id"] = model_id
+    (model / "model.json").write_text(json.dumps(spec), encoding="utf-8")
+    return model
+
+
+def _client_with_model(tmp_path, library, model, **config):
+    out = tmp_path / "bundle"
+    run_cli("provisioning", "build", "--images", str(library), "--out", str(out), "--model", str(model), "--quiet")
+    return _client(out, **config)
+
+
+def _section_paths(page, list_id, items) -> list[str]:
+    found = page.all("ol", id=list_id)
+    return paths([{"id": urlsplit(li.one("a").attrs["href"]).path.rsplit("/", 1)[-1]}
+                  for li in found[0].all("li", cls="card")], items) if found else []
+
+
+def test_strong_matches_come_first_and_the_rest_under_weaker_matches(client, items):
+    # glimpse-default: "a cat" scores 0.75 for the cat, above the calibrated 0.583; the rest below.
+    page = get(client, "/", query_string={"q": "a cat"})
+    assert _section_paths(page, "best", items) == [CAT]
+    weaker = _section_paths(page, "weaker", items)
+    assert len(weaker) == 7 and CAT not in weaker
+    assert page.one("h2", id="weaker-heading").text() == "Weaker matches"
+    assert page.one("ol", id="best").one("li").attrs["class"] == "card strong"
+    assert "Best matches for “a cat”" in page.one("p", id="status").text()
+    assert not page.all(id="no-good")
+
+
+def test_no_strong_match_says_so_and_still_offers_the_weaker_ones(client, items):
+    # "people": every photo of this library scores about 0.3, none near a strong match.
+    page = get(client, "/", query_string={"q": "people"})
+    assert page.one("span", id="no-good").text() == "No good match for “people”."
+    assert not page.all("ol", id="best")
+    assert sorted(_section_paths(page, "weaker", items)) == sorted(items)
+    assert [p for p in paths(cards(page), items)] == _section_paths(page, "weaker", items)
+
+
+def test_no_good_match_is_said_on_the_first_page_only(paged_client, items):
+    first = get(paged_client, "/", query_string={"q": "people"})
+    second = get(paged_client, "/", query_string={"q": "people", "page": "1"})
+    assert first.all(id="no-good") and not second.all(id="no-good")
+    assert second.one("h2", id="weaker-heading").text() == "Weaker matches"
+
+
+def test_find_similar_with_strong_matches_lists_them_first(tmp_path, library, items):
+    client = _client_with_model(tmp_path, library, _model_with(tmp_path, {"text_strong": 0.583, "image_strong": 0.5}))
+    page = get(client, f"/similar/{items[CAT]['id']}")
+    best, weaker = _section_paths(page, "best", items), _section_paths(page, "weaker", items)
+    assert best and weaker and sorted(best + weaker) == sorted(set(items) - {CAT})
+    assert "Most similar first" in page.one("p", id="status").text()
+    assert not page.all(id="no-good")
+
+
+def test_a_model_without_calibration_lists_results_as_before(tmp_path, library, items):
+    client = _client_with_model(tmp_path, library, _model_with(tmp_path, None, model_id="uncalibrated"))
+    page = get(client, "/", query_string={"q": "people"})
+    assert len(_section_paths(page, "best", items)) == 8
+    assert not page.all(id="weaker-heading") and not page.all(id="no-good")
+    assert "Best matches for “people”" in page.one("p", id="status").text()
+
+
+def test_the_minimum_score_filter_still_applies_to_both_lists(client, items):
+    page = get(client, "/", query_string={"q": "a cat", "min_score": "0.335"})
+    assert _section_paths(page, "best", items) == [CAT]
+    assert 1 <= len(_section_paths(page, "weaker", items)) < 7
+
+
 # --- offline, accessible ---------------------------------------------------------------------------
 
 
 def _pages(client, items) -> dict[str, Node]:
-    urls = ["/", "/?q=a+cat", "/?q=space&folder=space&min_score=0.2", "/?q=space&min_score=0.99", "/help",
+    urls = ["/", "/?q=a+cat", "/?q=people", "/?q=space&folder=space&min_score=0.2", "/?q=space&min_score=0.99", "/help",
             f"/items/{items[CAT]['id']}", f"/similar/{items[CAT]['id']}", "/?q=dog+-"]
     pages = {}
     for url in urls:

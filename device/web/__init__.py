@@ -130,8 +130,13 @@ def create_app(daemon) -> Flask:
         except QueryInvalid as exc:
             error = str(exc)
         more = len(results) > size
+        results = results[:size]
+        # Said on the first page only: a later page starts where the strong matches may have ended.
+        no_good_match = (page == 0 and bool(results) and searcher.relevance is not None
+                         and not any(r.strength == "strong" for r in results))
         return render_template(
-            template, results=results[:size], error=error, page=page, more=more, filters=filters,
+            template, results=results, error=error, page=page, more=more, filters=filters,
+            no_good_match=no_good_match,
             folders=searcher.folders(), bundle=searcher.bundle, version=__version__, args=request.args,
             **context), (400 if error else 200)
 
@@ -186,7 +191,8 @@ def create_app(daemon) -> Flask:
 
     @app.get("/help")
     def help_page():
-        return render_template("help.html", bundle=g.searcher.bundle, version=__version__, query="")
+        return render_template("help.html", bundle=g.searcher.bundle, relevance=g.searcher.relevance,
+                               version=__version__, query="")
 
     @app.get("/thumbs/<item_id>")
     def thumb(item_id: str):

@@ -4,12 +4,12 @@
   "use strict";
   var form = document.getElementById("search");
   var input = document.getElementById("q");
-  var grid = document.getElementById("results");
+  var box = document.getElementById("results");
   var status = document.getElementById("status");
   var root = document.body.getAttribute("data-root") || "/";
   // Only the search page updates in place; other pages submit the form as usual.
   if (document.body.getAttribute("data-instant") !== "1") { return; }
-  if (!form || !input || !grid || !status || !window.fetch || !window.URLSearchParams) { return; }
+  if (!form || !input || !box || !status || !window.fetch || !window.URLSearchParams) { return; }
   var timer = null;
   var latest = 0;
   var pageSize = 24;
@@ -26,9 +26,43 @@
     return p;
   }
 
+  // The results as the server renders them: strong matches in #best, the rest in
+  // #weaker under a "Weaker matches" heading (no strengths: all in #best).
+  function resultsBox() {
+    box = document.getElementById("results");
+    if (box.tagName !== "DIV") {  // the start page's photo list gives way to results
+      var div = document.createElement("div");
+      div.id = "results";
+      div.className = "results";
+      box.parentNode.replaceChild(div, box);
+      box = div;
+    }
+    return box;
+  }
+
+  function list(weak) {
+    var ol = document.getElementById(weak ? "weaker" : "best");
+    if (ol) { return ol; }
+    ol = document.createElement("ol");
+    ol.id = weak ? "weaker" : "best";
+    ol.className = "grid";
+    if (!weak) { box.insertBefore(ol, box.firstChild); return ol; }
+    var section = document.createElement("section");
+    section.id = "weaker-section";
+    section.setAttribute("aria-labelledby", "weaker-heading");
+    var heading = document.createElement("h2");
+    heading.id = "weaker-heading";
+    heading.className = "weaker-heading";
+    heading.textContent = "Weaker matches";
+    section.appendChild(heading);
+    section.appendChild(ol);
+    box.appendChild(section);
+    return ol;
+  }
+
   function card(r, q) {
     var li = document.createElement("li");
-    li.className = "card";
+    li.className = r.strength ? "card " + r.strength : "card";
     var a = document.createElement("a");
     a.href = root + "items/" + encodeURIComponent(r.id) + "?score=" + r.score.toFixed(4) + "&q=" + encodeURIComponent(q);
     var img = document.createElement("img");
@@ -42,19 +76,21 @@
     a.appendChild(name);
     var score = document.createElement("span");
     score.className = "score";
-    score.title = "similarity score (cosine)";
+    score.title = "similarity score (cosine)" + (r.strength ? ": a " + r.strength + " match" : "");
     score.textContent = r.score.toFixed(2);
     li.appendChild(a);
     li.appendChild(score);
     return li;
   }
 
-  function say(text, cls) {
+  function say(text, cls, id, rest) {
     status.textContent = "";
     var span = document.createElement("span");
     if (cls) { span.className = cls; }
+    if (id) { span.id = id; }
     span.textContent = text;
     status.appendChild(span);
+    if (rest) { status.appendChild(document.createTextNode(" " + rest)); }
   }
 
   function run(offset) {
@@ -68,14 +104,20 @@
       if (ticket !== latest) { return; }  // a newer query has been typed meanwhile
       var more = document.getElementById("more");
       if (more) { more.parentNode.remove(); }
-      if (!offset) { grid.textContent = ""; }
+      resultsBox();
+      if (!offset) { box.textContent = ""; }
       if (!res.ok) { say(res.body.error || "The search failed.", "error"); return; }
+      var calibrated = res.body.some(function (r) { return r.strength; });
+      var strong = res.body.some(function (r) { return r.strength === "strong"; });
       if (!res.body.length && !offset) {
         say("No photos match \u201c" + q + "\u201d. Try other words, or loosen the filters.", "empty");
-      } else {
+      } else if (!offset && calibrated && !strong) {
+        say("No good match for \u201c" + q + "\u201d.", "no-good", "no-good",
+            "The closest photos are below, under Weaker matches.");
+      } else if (!offset) {
         say("Best matches for \u201c" + q + "\u201d.");
       }
-      res.body.forEach(function (r) { grid.appendChild(card(r, q)); });
+      res.body.forEach(function (r) { list(r.strength === "weak").appendChild(card(r, q)); });
       if (!offset) { offerShow(q, res.body.length > 0); }
       if (res.body.length === pageSize) {
         var p2 = document.createElement("p");
@@ -89,7 +131,7 @@
           run((offset || 0) + pageSize);
         });
         p2.appendChild(link);
-        grid.parentNode.insertBefore(p2, grid.nextSibling);
+        box.parentNode.insertBefore(p2, box.nextSibling);
       }
       var shown = params(q);
       shown.delete("k");
