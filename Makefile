@@ -96,7 +96,7 @@ pi-tools:
 	      debootstrap qemu-user-static; }
 
 models: $(HOST_VENV)/.installed
-	$(HOST_VENV)/bin/glimpse-provision model default --out models/glimpse-default
+	$(HOST_VENV)/bin/glimpse-provision model default --out models/glimpse-default --force
 
 bench: $(VENV)/.installed-test
 	@$(VENV)/bin/glimpse verify --bundle $(DEMO_BUNDLE) >/dev/null 2>&1 || \

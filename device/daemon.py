@@ -37,6 +37,8 @@ log = logging.getLogger("glimpse")
 
 BUNDLES_DIR = "bundles"
 CURRENT_LINK = "current"
+#: Under ``bundles/``: transfers in progress (``push``), never served.
+INCOMING_DIR = ".incoming"
 
 
 class Daemon:

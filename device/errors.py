@@ -48,3 +48,11 @@ class RuntimeMissing(GlimpseError, ImportError):
 
 class HardwareInvalid(GlimpseError, ValueError):
     """A front-panel setting (pin, display, command) cannot be used as written."""
+
+
+class OutputRefused(GlimpseError, ValueError):
+    """An output cannot be written there: it is, holds or lies inside an input, or is not Glimpse's own to replace."""
+
+
+class BundleUnreadable(BundleInvalid):
+    """This process may not read a bundle's files (owner and mode); the message says how to fix it."""
