@@ -264,3 +264,11 @@ def test_bundles_are_world_readable_whatever_the_umask_unless_private(lib, tmp_p
         modes = {p.relative_to(root).as_posix(): (p.stat().st_mode & 0o777) for p in [root, *root.rglob("*")]}
         assert {m for p, m in modes.items() if (root / p).is_dir()} == {directory}, (name, modes)
         assert {m for p, m in modes.items() if (root / p).is_file()} == {file}, (name, modes)
+
+
+def test_the_ann_benchmark_keeps_its_work_only_in_its_own_directory(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("keep\n")
+    proc = run_cli("bench.ann", "--keep", str(tmp_path / "mine"), "--engines", "glimpse", check=False)
+    assert proc.returncode == 2 and "not an ANN benchmark work directory Glimpse wrote" in proc.stderr
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "keep\n"
