@@ -1,9 +1,10 @@
 """``glimpse-provision``: the host's command line.
 
     glimpse-provision build --images DIR --out BUNDLE_DIR [--model DIR] [--index auto|exact|ivfpq] [--force]
+                      [--private]   (--force replaces only a bundle; bundles are 0755/0644 unless --private)
     glimpse-provision demo --out BUNDLE_DIR          (scikit-image's photos)
-    glimpse-provision model default --out DIR [--variant int8|float32]   (needs PyTorch)
-    glimpse-provision import-model SOURCE --out DIR [--arch NAME] [--variant int8|float32] [--id NAME]
+    glimpse-provision model default --out DIR [--variant int8|float32] [--force]   (needs PyTorch)
+    glimpse-provision import-model SOURCE --out DIR [--force] [--arch NAME] [--variant int8|float32] [--id NAME]
                       [--version V] [--licence TEXT] [--source-url URL]
                       a real CLIP model (OpenCLIP checkpoint or directory, Hugging Face CLIPModel
                       directory) as a Glimpse model directory (needs PyTorch, open_clip)
