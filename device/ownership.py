@@ -279,7 +279,9 @@ def _swap_in(new: Path, out: Path) -> None:
         os.rename(new, out)
         return
     if _exchange(new, out):
-        shutil.rmtree(new)  # now the old directory
+        # `new` now holds the old directory. The swap is done: a failure to delete it
+        # leaves it beside (the caller's cleanup tries again), not an error.
+        shutil.rmtree(new, ignore_errors=True)
         return
     # No atomic exchange on this filesystem: set the old aside, move the new in,
     # put the old back if that fails. `out` is missing only between two renames.
@@ -290,7 +292,7 @@ def _swap_in(new: Path, out: Path) -> None:
     except OSError:
         os.rename(old, out)
         raise
-    shutil.rmtree(old)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 _RENAME_EXCHANGE = 2
