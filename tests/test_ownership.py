@@ -137,6 +137,31 @@ def test_replacing_swaps_only_a_complete_directory(tmp_path):
     assert _photos(out) == {"new.txt": sha256_file(out / "new.txt")} and _leftovers(tmp_path) == []
 
 
+def test_replacing_without_an_atomic_exchange_puts_the_old_back_on_failure(tmp_path, monkeypatch):
+    from device import ownership
+
+    out = tmp_path / "model"
+    shutil.copytree(default_model_dir(), out)
+    before = _photos(out)
+    monkeypatch.setattr(ownership, "_exchange", lambda a, b: False)  # a filesystem without RENAME_EXCHANGE
+    real_rename = os.rename
+
+    def failing_rename(src, dst):
+        if ".new-" in str(src):
+            raise OSError(28, "No space left on device")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", failing_rename)
+    with pytest.raises(OSError, match="No space left"):
+        with ownership.replacing(out, ["model"], "a model directory", force=True) as work:
+            (work / "new.txt").write_text("new\n")
+    assert _photos(out) == before and _leftovers(tmp_path) == []
+    monkeypatch.setattr(os, "rename", real_rename)
+    with ownership.replacing(out, ["model"], "a model directory", force=True) as work:
+        (work / "new.txt").write_text("new\n")
+    assert sorted(_photos(out)) == ["new.txt"] and _leftovers(tmp_path) == []
+
+
 def test_a_bundle_holding_a_users_file_is_not_ours_to_replace(copy_bundle):
     from device import ownership
     from device.errors import OutputRefused
