@@ -14,7 +14,12 @@ founding rule is "never delete what Glimpse did not create":
   the final rename stays on one filesystem), sets its modes, and only when it is
   complete swaps it in; a failure leaves the old directory as it was and removes
   the half-written one.
-* :func:`remove_owned` deletes a directory only once :func:`identify` proved it ours.
+* :func:`remove_owned` deletes a directory only once :func:`identify` proved it
+  ours; :func:`remove_bundles` is the device's pruning (``glimpse remove-bundle``).
+* :func:`check_replaceable_file` and :func:`write_file` do the same for a single
+  output file (``export-tasklib``'s ``.tflite``).
+* :func:`unreadable` explains a tree this process may not read (owner, mode, the
+  command that fixes it), for ``glimpse verify`` and the daemon's start-up.
 
 Modes: :data:`SHARED` (0755 directories, 0644 files) whatever the umask, so a
 bundle copied with ``sudo cp -r`` stays readable by the service's own user;
