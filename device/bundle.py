@@ -195,12 +195,15 @@ class Bundle:
         path = Path(path).resolve()
         try:
             return cls._open(path, verify)
-        except BundleInvalid:
+        except (BundleInvalid, PermissionError) as exc:
             # A tree this user may not read (copied as root, 0700) fails as "missing" or
-            # "unreadable" files: say which, whose it is, and the command that fixes it.
-            problem = unreadable(path) if path.is_dir() else None
+            # "unreadable" files, or (a directory above it shut) as a bare PermissionError:
+            # say which path, whose it is, and the command that fixes it.
+            problem = unreadable(path)
             if problem:
                 raise BundleUnreadable(problem) from None
+            if isinstance(exc, PermissionError):
+                raise BundleUnreadable(f"{path}: {exc.strerror}: {exc.filename}") from None
             raise
 
     @classmethod

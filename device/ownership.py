@@ -411,9 +411,15 @@ def unreadable(root: Path | str) -> str | None:
         e.g. ``"cannot read /var/lib/glimpse/bundles/b: owned by root, mode 0700;
         run: sudo chown -R glimpse: /var/lib/glimpse/bundles/b (or sudo chmod -R a+rX ...)"``
         for the first directory or file this process may not read, naming its
-        owner, its mode and a command that fixes the whole tree.
+        owner, its mode and a command that fixes the whole tree (or, for a
+        directory above ``root`` it may not enter, that directory alone).
     """
-    root = Path(root)
+    root = Path(os.path.abspath(root))
+    for parent in reversed(root.parents):  # from / down: the first one shut is the cause
+        if not os.access(parent, os.X_OK):
+            return _explain(parent, parent, recursive=False)
+    if not os.path.lexists(root):
+        return None
     if not os.access(root, os.R_OK | os.X_OK):
         return _explain(root, root)
     for directory, dirs, files in os.walk(root):
@@ -425,7 +431,7 @@ def unreadable(root: Path | str) -> str | None:
     return None
 
 
-def _explain(path: Path, fix_root: Path) -> str:
+def _explain(path: Path, fix_root: Path, recursive: bool = True) -> str:
     import grp
     import pwd
 
@@ -445,5 +451,8 @@ def _explain(path: Path, fix_root: Path) -> str:
         group = grp.getgrgid(os.getegid()).gr_name
     except KeyError:
         group = str(os.getegid())
+    if not recursive:
+        return (f"cannot enter {path}: owned by {owner}, mode {stat.S_IMODE(info.st_mode):04o}, and this runs as "
+                f"{me}; run: sudo chown {me}:{group} {fix_root} (or sudo chmod o+x {fix_root})")
     return (f"cannot read {path}: owned by {owner}, mode {stat.S_IMODE(info.st_mode):04o}, and this runs as {me}; "
             f"run: sudo chown -R {me}:{group} {fix_root} (or sudo chmod -R a+rX {fix_root})")

@@ -176,3 +176,15 @@ def test_an_unreadable_bundle_is_explained_by_verify_and_at_start_up(pi, bundle_
     err = stop(daemon) if daemon.wait(timeout=300) is None else daemon.communicate()[1]
     assert daemon.returncode == 2
     assert err.strip().splitlines()[-1] == f"glimpse: error: {expected}", err
+
+
+def test_a_data_directory_the_service_cannot_enter_is_explained(pi, bundle_dir):
+    run_steps(pi, bundle_dir)
+    data = pi["data"]
+    os.chown(data, 0, 0)
+    data.chmod(0o700)
+    proc = as_user("verify", "--bundle", str(data / "current"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"glimpse: error: cannot enter {data}: owned by root, mode 0700, and this runs as {USER}; "
+        f"run: sudo chown {USER}:{USER} {data} (or sudo chmod o+x {data})"), proc.stderr
