@@ -107,11 +107,12 @@ def identify(path: Path | str, markers: Iterable[Marker] = ()) -> str | None:
     Returns:
         ``"empty"``, ``"bundle"`` (its manifest is a Glimpse bundle manifest that
         names every file in the directory), ``"model"`` (``model.json`` reads as a
-        Glimpse model and the files it names are there), ``"marked"`` or ``None``.
+        Glimpse model, the files it names are there, and nothing else is but
+        :data:`device.model.COMPANION_FILES`), ``"marked"`` or ``None``.
     """
     from device import bundle as bundle_format  # device.bundle imports numpy: only when needed
     from device.errors import ModelInvalid
-    from device.model import SPEC_NAME, read_spec
+    from device.model import COMPANION_FILES, SPEC_NAME, read_spec
 
     path = Path(path)
     if path.is_symlink() or not path.is_dir():
@@ -131,7 +132,10 @@ def identify(path: Path | str, markers: Iterable[Marker] = ()) -> str | None:
             spec = read_spec(path, verify=False)
         except ModelInvalid:
             return None
-        return "model" if all((path / name).is_file() for name in spec.files) else None
+        allowed = {SPEC_NAME, *COMPANION_FILES, *spec.files}
+        present = {entry.name for entry in os.scandir(path)}
+        whole = all((path / name).is_file() for name in spec.files)
+        return "model" if whole and present <= allowed else None
     for name, format_name in markers:
         doc = _json(path / name) if (path / name).is_file() else None
         if isinstance(doc, dict) and doc.get("format") == format_name:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from device import ownership
-from device.model import ImageTowerSpec, ModelSpec, TextTowerSpec, sha256_file, write_spec
+from device.model import CARD_FILE, ImageTowerSpec, ModelSpec, TextTowerSpec, sha256_file, write_spec
 from provisioning import convert, demo
 
 MODEL_ID = "glimpse-default"
@@ -58,7 +58,6 @@ TEXT_FILE = "text_{variant}.tflite"
 IMAGE_FILE = "image_{variant}.tflite"
 TOKENIZER_FILE = "tokenizer.json"
 REFERENCE_FILE = "reference.npz"
-CARD_FILE = "MODEL_CARD.md"
 
 
 def _minilm_dir() -> Path:

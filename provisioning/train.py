@@ -67,7 +67,8 @@ import torch
 from device import images as photo_io
 from device import ownership
 from device.errors import GlimpseError, ImageUnreadable
-from device.model import ImageTowerSpec, ModelSpec, TextTowerSpec, sha256_file, write_spec
+from device.model import (HISTORY_FILE, TEXT_WEIGHTS_FILE, ImageTowerSpec, ModelSpec, TextTowerSpec, sha256_file,
+                          write_spec)
 from provisioning import convert, default_model
 from provisioning.build import Progress
 from provisioning.cache import FeatureCache, default_cache_dir
@@ -97,10 +98,6 @@ FEATURE_BATCH = 32
 KEEP_EPOCH_CHECKPOINTS = 3
 CHECKPOINT_FORMAT = 1
 LAST_CHECKPOINT = "last.pt"
-HISTORY_FILE = "training.json"
-#: What training changed on the text side (the text head and any unfrozen layers), kept
-#: in the model directory so the host can rebuild the text tower in PyTorch (export-tasklib).
-TEXT_WEIGHTS_FILE = "text_weights.safetensors"
 
 
 class TrainInvalid(GlimpseError, ValueError):

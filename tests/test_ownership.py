@@ -297,3 +297,16 @@ def test_the_ann_benchmark_keeps_its_work_only_in_its_own_directory(tmp_path):
     proc = run_cli("bench.ann", "--keep", str(tmp_path / "mine"), "--engines", "glimpse", check=False)
     assert proc.returncode == 2 and "not an ANN benchmark work directory Glimpse wrote" in proc.stderr
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "keep\n"
+
+
+def test_a_model_directory_holding_other_files_is_not_ours_to_replace(tmp_path):
+    from device import ownership
+
+    model = tmp_path / "model"
+    shutil.copytree(default_model_dir(), model)
+    assert ownership.identify(model) == "model"
+    (model / "holiday.jpg").write_bytes(b"mine")
+    assert ownership.identify(model) is None
+    proc = run_cli("provisioning", "model", "default", "--out", str(model), "--force", check=False)
+    _refused(proc, "holds 7 entries", "not a model directory Glimpse wrote")
+    assert (model / "holiday.jpg").read_bytes() == b"mine"
