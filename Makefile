@@ -100,7 +100,7 @@ pi-tools:
 	      debootstrap qemu-user-static; }
 
 models: eval-deps  # the build calibrates strong matches on the evaluation set's tuning half
-	$(HOST_VENV)/bin/glimpse-provision model default --out models/glimpse-default
+	$(HOST_VENV)/bin/glimpse-provision model default --out models/glimpse-default --force
 
 # The multilingual evaluation set's photos (bench/eval/photos.json): Debian packages that ship
 # real photographs, and the host venv's eval extra (scikit-learn's and matplotlib's sample photos).

@@ -31,6 +31,7 @@ Engines:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -423,9 +424,34 @@ def main(argv=None) -> None:
     if unknown:
         parser.error(f"unknown engines: {', '.join(sorted(unknown))}")
 
+    # --keep DIR is swapped in at the end: only over a directory an earlier run kept (its
+    # marker) or an empty one, never over anything else of the user's.
+    keep = contextlib.nullcontext(None)
+    if args.keep:
+        from device import ownership
+        from device.errors import OutputRefused
+
+        try:
+            ownership.check_replaceable(ownership.real(args.keep), ["marked"], True,
+                                        "an ANN benchmark work directory", markers=[KEEP_MARKER])
+        except OutputRefused as exc:
+            parser.error(str(exc))
+        keep = ownership.replacing(args.keep, ["marked"], "an ANN benchmark work directory", force=True,
+                                   markers=[KEEP_MARKER], modes=None)
+    with keep as kept:
+        _run(args, engines, kept)
+
+
+#: Marks a --keep directory as this benchmark's own.
+KEEP_MARKER = (".glimpse-bench-ann", "glimpse-bench-ann")
+
+
+def _run(args, engines: list[str], kept: Path | None) -> None:
     from bench import datasets
 
-    work = Path(tempfile.mkdtemp(prefix="glimpse-ann-", dir=args.keep.parent if args.keep else None))
+    work = kept or Path(tempfile.mkdtemp(prefix="glimpse-ann-"))
+    if kept:
+        (work / KEEP_MARKER[0]).write_text(json.dumps({"format": KEEP_MARKER[1]}) + "\n")
     try:
         items, queries = datasets.load(args.dataset, args.items, args.queries, workers=os.cpu_count() or 1)
         np.save(work / "items.npy", items)
@@ -446,10 +472,7 @@ def main(argv=None) -> None:
         if not args.json:
             print(table(rows))
     finally:
-        if args.keep:
-            shutil.rmtree(args.keep, ignore_errors=True)
-            os.replace(work, args.keep)
-        else:
+        if not kept:
             shutil.rmtree(work, ignore_errors=True)
 
 

@@ -27,9 +27,10 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from device.errors import BundleInvalid, ItemNotFound, ModelInvalid
+from device.errors import BundleInvalid, BundleUnreadable, ItemNotFound, ModelInvalid
 from device.index import open_index
 from device.model import ModelSpec, read_spec, sha256_file
+from device.ownership import unreadable
 
 BUNDLE_FORMAT = "glimpse-bundle"
 BUNDLE_FORMAT_VERSION = 1
@@ -186,10 +187,27 @@ class Bundle:
             BundleInvalid: naming the problem (not a bundle, wrong format version,
                 missing or altered file, dimension or count mismatch, an index
                 kind this device does not know or an unreadable index).
+            BundleUnreadable: (a BundleInvalid) this user may not read a file or
+                directory of it, naming its owner and mode and the command that fixes it.
         """
         if verify not in VERIFY_LEVELS:
             raise ValueError(f"verify must be one of {VERIFY_LEVELS}")
         path = Path(path).resolve()
+        try:
+            return cls._open(path, verify)
+        except (BundleInvalid, PermissionError) as exc:
+            # A tree this user may not read (copied as root, 0700) fails as "missing" or
+            # "unreadable" files, or (a directory above it shut) as a bare PermissionError:
+            # say which path, whose it is, and the command that fixes it.
+            problem = unreadable(path)
+            if problem:
+                raise BundleUnreadable(problem) from None
+            if isinstance(exc, PermissionError):
+                raise BundleUnreadable(f"{path}: {exc.strerror}: {exc.filename}") from None
+            raise
+
+    @classmethod
+    def _open(cls, path: Path, verify: str) -> "Bundle":
         manifest = _read_manifest(path)
         _check_files(path, manifest["files"], full=(verify == "full"))
         try:

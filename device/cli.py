@@ -8,6 +8,7 @@
     glimpse status                   what the daemon serves, ingest progress
     glimpse admin-token              make an admin token (stored hashed)
     glimpse verify --bundle DIR
+    glimpse remove-bundle [--data-dir DIR] NAME...   delete old bundles (only bundles Glimpse wrote)
     glimpse health [--port 8080] [--wait SECONDS]   print the daemon's /healthz answer
     glimpse selftest [--model DIR]
 
@@ -96,6 +97,15 @@ def _parser() -> argparse.ArgumentParser:
 
     verify = commands.add_parser("verify", help="check every file of a bundle against its manifest")
     verify.add_argument("--bundle", required=True, type=Path, help="bundle directory")
+
+    remove = commands.add_parser(
+        "remove-bundle", help="delete bundles under DATA_DIR/bundles, each only if it is a bundle Glimpse wrote",
+        description="Delete bundles under DATA_DIR/bundles. A bundle is removed only when its manifest "
+                    "names every file in it, never the one `current` points at; an unfinished transfer "
+                    "(.incoming/NAME) is removed whatever it holds. push uses this to keep the newest few.")
+    remove.add_argument("names", nargs="+", metavar="NAME", help="NAME or .incoming/NAME under DATA_DIR/bundles")
+    settings.add_arguments(remove, ("data_dir",))
+    remove.add_argument("--config", type=Path, help=f"configuration file (default {settings.CONFIG_FILE})")
 
     health = commands.add_parser("health", help="print the running daemon's /healthz answer (JSON)")
     health.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
@@ -353,6 +363,21 @@ def _verify(args) -> int:
     return 0
 
 
+def _remove_bundle(args) -> int:
+    from device.ownership import remove_bundles
+
+    data_dir = _settings(args).data_dir
+    refused = []
+    for name, reason in remove_bundles(data_dir, args.names):
+        if reason is None:
+            print(f"removed {name}")
+        else:
+            refused.append(reason)
+    if refused:
+        raise GlimpseError("; ".join(refused))
+    return 0
+
+
 def _health(args) -> int:
     import http.client
     import time
@@ -397,4 +422,4 @@ def _selftest(args) -> int:
 
 _COMMANDS = {"search": _search, "serve": _serve, "config": _config, "reload": _reload, "ingest": _ingest,
              "status": _status, "admin-token": _admin_token, "verify": _verify, "health": _health,
-             "selftest": _selftest}
+             "selftest": _selftest, "remove-bundle": _remove_bundle}

@@ -40,6 +40,8 @@ BUNDLES_DIR = "bundles"
 CURRENT_LINK = "current"
 #: Longest bundle name, in bytes of UTF-8: a directory entry holds at most 255 (NAME_MAX).
 MAX_BUNDLE_NAME_BYTES = 255
+#: Under ``bundles/``: transfers in progress (``push``), never served.
+INCOMING_DIR = ".incoming"
 
 
 class Daemon:

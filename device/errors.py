@@ -65,3 +65,11 @@ class HardwareInvalid(GlimpseError, ValueError):
 
 class PortInUse(GlimpseError, OSError):
     """The daemon's address is taken by another program."""
+
+
+class OutputRefused(GlimpseError, ValueError):
+    """An output cannot be written there: it is, holds or lies inside an input, or is not Glimpse's own to replace."""
+
+
+class BundleUnreadable(BundleInvalid):
+    """This process may not read a bundle's files (owner and mode); the message says how to fix it."""

@@ -17,6 +17,15 @@ from device.errors import ModelInvalid
 MODEL_FORMAT = "glimpse-model"
 MODEL_FORMAT_VERSION = 1
 SPEC_NAME = "model.json"
+#: Files a model directory may hold besides model.json and the files it names: the
+#: model card, and a trained model's history and text weights (for export-tasklib).
+#: Anything else in a directory means it is not Glimpse's alone (device.ownership).
+CARD_FILE = "MODEL_CARD.md"
+HISTORY_FILE = "training.json"
+#: What training changed on the text side (the text head and any unfrozen layers), kept
+#: in the model directory so the host can rebuild the text tower in PyTorch (export-tasklib).
+TEXT_WEIGHTS_FILE = "text_weights.safetensors"
+COMPANION_FILES = (CARD_FILE, HISTORY_FILE, TEXT_WEIGHTS_FILE)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,7 +8,6 @@ not usable photos are skipped and listed in ``report.json``, never fatal.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import multiprocessing
@@ -16,14 +15,13 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from device import bundle as bundle_format
-from device import images
+from device import images, ownership
 from device.encoders import EncoderOptions, ImageEncoder
 from device.errors import GlimpseError, ImageUnreadable
 from device.model import SPEC_NAME, default_model_dir, read_spec, sha256_file
@@ -63,7 +61,9 @@ class BuildOptions:
         cache_dir: where embeddings and renditions are cached between builds
             (default ``~/.cache/glimpse``); ``None`` with ``use_cache=False`` disables it.
         use_cache: read and write the build cache.
-        force: replace ``out`` if it exists.
+        force: replace ``out`` if it exists and is a bundle (or an empty directory).
+        private: write the bundle owner-only (0700 directories, 0600 files) instead
+            of world-readable (0755, 0644), whatever the umask.
         progress: print a progress line to stderr.
         index: the search index to build (default: chosen by photo count).
         decode_budget_mb: memory all workers together may take decoding photos, in MiB;
@@ -83,6 +83,7 @@ class BuildOptions:
     cache_dir: Path | None = None
     use_cache: bool = True
     force: bool = False
+    private: bool = False
     progress: bool = True
     index: IndexOptions = dataclasses.field(default_factory=IndexOptions)
     decode_budget_mb: int = 0
@@ -173,16 +174,18 @@ class Progress:
 def build(options: BuildOptions) -> dict:
     """Build a bundle from ``options.images`` into ``options.out``.
 
-    The bundle is written to a temporary sibling directory and moved into place
-    at the end, so ``out`` is never half-written. Photos already embedded by an
+    The bundle is written to a temporary sibling directory and swapped into place
+    at the end (:func:`device.ownership.replacing`), so ``out`` is never half-written
+    and an old bundle stays until the new one is complete. Photos already embedded by an
     earlier (or interrupted) build with the same model come from the cache.
 
     Returns:
         The build report (also written to ``report.json`` in the bundle).
 
     Raises:
-        BuildFailed: the library is missing or has no usable photo, or ``out``
-            exists and ``force`` is not set.
+        BuildFailed: the library is missing or has no usable photo.
+        OutputRefused: ``out`` is, holds or lies inside the photo folder, or exists
+            and is not a bundle ``force`` may replace.
         BuildInterrupted: Ctrl-C; what was embedded so far stays cached.
         ModelInvalid: the model directory is unusable.
     """
@@ -195,10 +198,11 @@ def build(options: BuildOptions) -> dict:
         raise BuildFailed(f"originals must be one of {', '.join(ORIGINALS_MODES)}")
     if not root.is_dir():
         raise BuildFailed(f"{root}: no such photo folder")
-    if out.exists() and not options.force:
-        raise BuildFailed(f"{out} exists; pass --force to replace it")
-    if out == root or root in out.parents:
-        raise BuildFailed(f"the bundle ({out}) must not be inside the photo folder ({root})")
+    # Refused before any work: the photo folder is never the output, nor inside or around it,
+    # and --force replaces only a bundle (or an empty directory).
+    photos_in = [("the photo folder", root)]
+    ownership.check_apart(out, photos_in)
+    ownership.check_replaceable(out, ["bundle"], options.force, "a bundle")
     model_dir = Path(options.model_dir) if options.model_dir else default_model_dir()
     spec = read_spec(model_dir)  # verifies every model file once, here
 
@@ -223,7 +227,8 @@ def build(options: BuildOptions) -> dict:
         hashes.close()
 
     try:
-        with staged_directory(out) as work:
+        with ownership.replacing(out, ["bundle"], "a bundle", force=options.force, inputs=photos_in,
+                                 modes=ownership.PRIVATE if options.private else ownership.SHARED) as work:
             items, vectors, embedded = _embed_all(unique, model_dir, spec, options, cache, work, skipped)
             if not items:
                 raise BuildFailed(f"{root}: no usable photo found ({plural(len(skipped), 'file')} skipped)")
@@ -264,22 +269,6 @@ def build(options: BuildOptions) -> dict:
         if cache:
             cache.close()
     return report
-
-
-@contextlib.contextmanager
-def staged_directory(out: Path):
-    """A new directory beside ``out`` to write into, moved over ``out`` when the
-    block ends without an error and removed otherwise: ``out`` is never half-written."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        yield work
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(work, out)
-    finally:
-        if work.exists():
-            shutil.rmtree(work, ignore_errors=True)
 
 
 def _embed_all(unique: dict, model_dir: Path, spec, options: BuildOptions, cache, work: Path, skipped: list):

@@ -1,9 +1,10 @@
 """``glimpse-provision``: the host's command line.
 
     glimpse-provision build --images DIR --out BUNDLE_DIR [--model DIR] [--index auto|exact|ivfpq] [--force]
+                      [--private]   (--force replaces only a bundle; bundles are 0755/0644 unless --private)
     glimpse-provision demo --out BUNDLE_DIR          (scikit-image's photos)
-    glimpse-provision model default --out DIR [--variant int8|float32]   (needs PyTorch)
-    glimpse-provision import-model SOURCE --out DIR [--arch NAME] [--variant int8|float32] [--id NAME]
+    glimpse-provision model default --out DIR [--variant int8|float32] [--force]   (needs PyTorch)
+    glimpse-provision import-model SOURCE --out DIR [--force] [--arch NAME] [--variant int8|float32] [--id NAME]
                       [--version V] [--licence TEXT] [--source-url URL]
                       a real CLIP model (OpenCLIP checkpoint or directory, Hugging Face CLIPModel
                       directory) as a Glimpse model directory (needs PyTorch, open_clip)
@@ -58,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     model.add_argument("--out", required=True, type=Path, help="model directory to write")
     model.add_argument("--variant", choices=["int8", "float32"], default="int8",
                        help="tower precision (default int8)")
+    model.add_argument("--force", action="store_true",
+                       help="replace OUT if it is a model directory (nothing else is replaced)")
 
     imported = commands.add_parser(
         "import-model", help="import a CLIP model from local files: OpenCLIP or Hugging Face (needs the host extra)")
@@ -75,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     imported.add_argument("--licence", metavar="TEXT",
                           help="the weights' licence, as their model page states it (e.g. MIT)")
     imported.add_argument("--source-url", metavar="URL", help="where the weights came from (default: the local path)")
+    imported.add_argument("--force", action="store_true",
+                          help="replace OUT if it is a model directory (nothing else is replaced)")
 
     evaluate = commands.add_parser(
         "eval", help="measure a model's text-to-image Recall@1/5/10 on captioned photos")
@@ -162,7 +167,8 @@ def _train_parser(commands) -> None:
     run.add_argument("--checkpoints", type=Path, help="checkpoint directory (default: OUT.checkpoints)")
     run.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     run.add_argument("--force", action="store_true",
-                     help="replace OUT; without --resume, discard an earlier run's checkpoints")
+                     help="replace OUT if it is a model directory (nothing else is replaced); "
+                          "without --resume, discard an earlier run's checkpoints")
     run.add_argument("--variant", choices=["int8", "float32"], default="int8", help="tower precision (default int8)")
     run.add_argument("--id", default="glimpse-trained", help="model id in model.json (default glimpse-trained)")
     run.add_argument("--version", default="1.0.0", help="model version in model.json (default 1.0.0)")
@@ -221,7 +227,11 @@ def _build_options(parser) -> None:
                              "(default auto: exact up to 20000 photos)")
     parser.add_argument("--target-recall", type=float, default=0.95,
                         help="recall@10 the ivfpq index is calibrated for (default 0.95)")
-    parser.add_argument("--force", action="store_true", help="replace the output bundle if it exists")
+    parser.add_argument("--force", action="store_true",
+                        help="replace OUT if it is a bundle or an empty directory (nothing else is replaced); "
+                             "the old bundle stays until the new one is complete")
+    parser.add_argument("--private", action="store_true",
+                        help="write the bundle owner-only (0700/0600) instead of world-readable (0755/0644)")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
 
 
@@ -241,7 +251,8 @@ def _run_build(args, images: Path) -> int:
                                 thumb_size=args.thumb_size, thumb_format=args.thumb_format,
                                 preview_size=args.preview_size, originals=args.originals,
                                 cache_dir=args.cache_dir, use_cache=not args.no_cache,
-                                workers=args.workers, force=args.force, progress=not args.quiet,
+                                workers=args.workers, force=args.force, private=args.private,
+                                progress=not args.quiet,
                                 index=IndexOptions(kind=args.index, target_recall=args.target_recall)))
     print(f"bundle {report['bundle_id']}: {plural(report['items'], 'photo')} in {args.out} "
           f"({report['seconds']}s, {report['embedded']} embedded, {report['from_cache']} from the cache, "
@@ -258,8 +269,11 @@ def _build(args) -> int:
 
 
 def _demo(args) -> int:
+    from device import ownership
     from provisioning import demo
 
+    # Before the photos are gathered: an OUT that may not be replaced is refused at once.
+    ownership.check_replaceable(ownership.real(args.out), ["bundle"], args.force, "a bundle")
     with tempfile.TemporaryDirectory(prefix="glimpse-demo-") as tmp:
         library = Path(tmp) / "photos"
         demo.gather(library)
@@ -269,7 +283,7 @@ def _demo(args) -> int:
 def _model(args) -> int:
     from provisioning import default_model
 
-    spec = default_model.build(args.out, variant=args.variant)
+    spec = default_model.build(args.out, variant=args.variant, force=args.force)
     print(json.dumps(spec.extra["parity"]))
     return 0
 
@@ -279,7 +293,7 @@ def _import_model(args) -> int:
 
     spec = import_model(ImportOptions(source=args.source, out=args.out, arch=args.arch, variant=args.variant,
                                       model_id=args.model_id, version=args.version, licence=args.licence,
-                                      source_url=args.source_url))
+                                      source_url=args.source_url, force=args.force))
     print(f"model {spec.full_id} ({spec.quantization}, {spec.dim}-d) in {args.out}; "
           f"parity {json.dumps(spec.extra['parity'])}")
     return 0
@@ -305,6 +319,15 @@ def _eval(args) -> int:
 
 
 def _train(args) -> int:
+    from device import ownership
+
+    # Checked here too, before PyTorch loads (train.train checks again for callers of the API).
+    inputs = [("the photo folder", args.images), ("the captions file", args.captions)]
+    ownership.check_apart(args.out, inputs)
+    if args.checkpoints:
+        ownership.check_apart(args.checkpoints, inputs, option="--checkpoints")
+    if not args.no_export:
+        ownership.check_replaceable(ownership.real(args.out), ["model"], args.force, "a model directory")
     try:
         from provisioning import train
     except ModuleNotFoundError as exc:

@@ -32,8 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
+from device import ownership
 from device.errors import GlimpseError
-from device.model import SPEC_NAME, ImageTowerSpec, ModelSpec, TextTowerSpec, sha256_file, write_spec
+from device.model import ImageTowerSpec, ModelSpec, TextTowerSpec, sha256_file, write_spec
 from device.wording import plural
 from provisioning import convert, default_model
 
@@ -109,6 +110,7 @@ class ImportOptions:
         version: the model's version.
         licence: the weights' licence, as the user read it on the model's page.
         source_url: where the weights came from (default: the local path).
+        force: replace ``out`` if it exists and is a model directory (or empty).
     """
 
     source: Path
@@ -119,6 +121,7 @@ class ImportOptions:
     version: str = "1.0.0"
     licence: str | None = None
     source_url: str | None = None
+    force: bool = False
 
 
 @dataclasses.dataclass
@@ -489,11 +492,17 @@ def import_model(options: ImportOptions, log=print) -> ModelSpec:
         HostToolsMissing: PyTorch, litert-torch or open_clip is not installed.
         ModelSourceMissing, ModelSourceInvalid, ArchitectureUnknown: a bad source.
         ParityFailed: the tokenizer or a converted tower does not reproduce the source.
+        OutputRefused: ``out`` is, holds or lies inside the source, or exists and is
+            not a model directory ``force`` may replace.
         ValueError: unknown variant.
     """
+    final = ownership.real(options.out)
+    inputs = [("the source model", Path(options.source))]
+    # Refused before anything is loaded: the source is never the output, nor inside or around it.
+    ownership.check_apart(final, inputs)
+    ownership.check_replaceable(final, ["model"], options.force, "a model directory")
     require_host_tools()
     import torch
-    from tokenizers import Tokenizer
 
     if options.variant not in convert.VARIANTS:
         raise ValueError(f"unknown variant {options.variant!r}; choose from {', '.join(convert.VARIANTS)}")
@@ -503,10 +512,18 @@ def import_model(options: ImportOptions, log=print) -> ModelSpec:
     log(f"{src.kind} {src.arch}: {src.dim}-d, {src.max_tokens} tokens, {src.image_size} px")
     if not options.licence:
         log("warning: no --licence given; the model card will say the licence is unknown")
-    out = Path(options.out)
-    out.mkdir(parents=True, exist_ok=True)
-    # A model.json from an earlier import would make a half-written directory look usable.
-    (out / SPEC_NAME).unlink(missing_ok=True)
+    # Written beside `out` and swapped in when complete: a failed import leaves an old model as it was.
+    with ownership.replacing(final, ["model"], "a model directory", force=options.force, inputs=inputs) as out:
+        spec = _convert_into(out, src, options, log)
+    log(f"wrote {final}")
+    return spec
+
+
+def _convert_into(out: Path, src: LoadedSource, options: ImportOptions, log) -> ModelSpec:
+    """Convert ``src`` into the (new, empty) directory ``out`` and check its parity."""
+    import torch
+    from tokenizers import Tokenizer
+
     tokenizer_file = out / default_model.TOKENIZER_FILE
     tokenizer_file.write_text(src.tokenizer_json, encoding="utf-8")
 
@@ -545,7 +562,7 @@ def import_model(options: ImportOptions, log=print) -> ModelSpec:
             f"the converted {' and '.join(low)} tower{'s' if len(low) > 1 else ''} of {src.arch} "
             f"reach{'' if len(low) > 1 else 'es'} cosine "
             f"{min(parity[f'{t}_min_cosine'] for t in low):.6f} against PyTorch, below the "
-            f"{options.variant} floor {parity['floor']}; the model in {out} is incomplete "
+            f"{options.variant} floor {parity['floor']}; nothing was written to {options.out} "
             "(try --variant float32, or report the architecture)")
     default_model.save_reference(out, REFERENCE_TEXTS, ref_text, photo_names, photo_inputs, ref_image)
 
@@ -572,7 +589,6 @@ def import_model(options: ImportOptions, log=print) -> ModelSpec:
     )
     write_spec(out, spec)
     (out / default_model.CARD_FILE).write_text(model_card(spec), encoding="utf-8")
-    log(f"wrote {out}")
     return spec
 
 

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from device.model import ImageTowerSpec, ModelSpec, TextTowerSpec, sha256_file, write_spec
+from device import ownership
+from device.model import CARD_FILE, ImageTowerSpec, ModelSpec, TextTowerSpec, sha256_file, write_spec
 from device.wording import plural
 from provisioning import calibration, convert, demo
 
@@ -59,7 +60,6 @@ TEXT_FILE = "text_{variant}.tflite"
 IMAGE_FILE = "image_{variant}.tflite"
 TOKENIZER_FILE = "tokenizer.json"
 REFERENCE_FILE = "reference.npz"
-CARD_FILE = "MODEL_CARD.md"
 
 
 def _minilm_dir() -> Path:
@@ -297,57 +297,63 @@ def save_reference(out_dir: Path, texts, text_embeddings, photos, photo_inputs, 
     return path
 
 
-def build(out_dir: Path, variant: str = "int8", log=print) -> ModelSpec:
+def build(out_dir: Path, variant: str = "int8", log=print, force: bool = False) -> ModelSpec:
     """Build ``glimpse-default`` into ``out_dir`` and check it against PyTorch.
 
     Writes both towers, the tokenizer, ``reference.npz``, ``model.json`` and the
     model card. Returns the spec, whose ``extra['parity']`` holds the minimum
-    cosine of each tower against PyTorch.
+    cosine of each tower against PyTorch. ``force`` replaces an existing model
+    directory (nothing else: see :func:`device.ownership.check_replaceable`).
+
+    Raises:
+        OutputRefused: ``out_dir`` exists and ``force`` is not set, or it is not a model directory.
     """
+    final = ownership.real(out_dir)
+    ownership.check_replaceable(final, ["model"], force, "a model directory")
     import torch
 
     torch.manual_seed(0)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     max_tokens, size = RECIPE["max_tokens"], RECIPE["image_size"]
 
-    log("loading all-MiniLM-L6-v2 (text tower)")
-    text_tower = load_text_tower()
-    tokenizer = load_tokenizer(max_tokens)
-    log("embedding the prompts of 1000 ImageNet classes")
-    matrix = class_embeddings(text_tower, tokenizer, RECIPE["prompts"])
-    log("loading EfficientNet-Lite0 (image tower) with ConSE")
-    image_tower = load_image_tower(matrix, RECIPE["conse_top_k"], RECIPE["conse_temperature"])
+    # Written beside `out_dir` and swapped in when complete: a failed build leaves the old model.
+    with ownership.replacing(final, ["model"], "a model directory", force=force) as out_dir:
+        log("loading all-MiniLM-L6-v2 (text tower)")
+        text_tower = load_text_tower()
+        tokenizer = load_tokenizer(max_tokens)
+        log("embedding the prompts of 1000 ImageNet classes")
+        matrix = class_embeddings(text_tower, tokenizer, RECIPE["prompts"])
+        log("loading EfficientNet-Lite0 (image tower) with ConSE")
+        image_tower = load_image_tower(matrix, RECIPE["conse_top_k"], RECIPE["conse_temperature"])
 
-    text_file, image_file = export_towers(text_tower, image_tower, out_dir, variant, max_tokens, size, log,
-                                          image_int8_ops=tuple(RECIPE["image_int8_ops"]))
-    log("checking parity against PyTorch")
-    photo_names, photo_inputs = reference_inputs(size)
-    parity = check_parity(out_dir, text_file, image_file, text_tower, image_tower, tokenizer,
-                          REFERENCE_TEXTS, photo_names, photo_inputs)
-    log(f"parity ({variant} vs PyTorch float32): text {parity['text_min_cosine']:.6f}, "
-        f"image {parity['image_min_cosine']:.6f}")
+        text_file, image_file = export_towers(text_tower, image_tower, out_dir, variant, max_tokens, size, log,
+                                              image_int8_ops=tuple(RECIPE["image_int8_ops"]))
+        log("checking parity against PyTorch")
+        photo_names, photo_inputs = reference_inputs(size)
+        parity = check_parity(out_dir, text_file, image_file, text_tower, image_tower, tokenizer,
+                              REFERENCE_TEXTS, photo_names, photo_inputs)
+        log(f"parity ({variant} vs PyTorch float32): text {parity['text_min_cosine']:.6f}, "
+            f"image {parity['image_min_cosine']:.6f}")
 
-    files = {name: sha256_file(out_dir / name)
-             for name in (text_file, image_file, TOKENIZER_FILE, REFERENCE_FILE)}
-    spec = ModelSpec(
-        id=MODEL_ID, version=MODEL_VERSION, dim=int(matrix.shape[1]), distance="cosine",
-        quantization=variant,
-        text=TextTowerSpec(file=text_file, tokenizer=TOKENIZER_FILE, max_tokens=max_tokens),
-        image=ImageTowerSpec(file=image_file, size=size),
-        files=files,
-        extra={"recipe": RECIPE, "parity": parity, "reference": REFERENCE_FILE,
-               "licence": "Apache-2.0 (see MODEL_CARD.md)"},
-    )
-    write_spec(out_dir, spec)
-    # What a strong match is for this model, fitted on the evaluation set's tuning half
-    # (its photos come from `make eval-deps`); the towers written above are what is measured.
-    log("calibrating strong and weak matches on the evaluation set's tuning half")
-    relevance = calibration.calibrate(out_dir)
-    calibration.write_calibration(out_dir, relevance)
-    spec = dataclasses.replace(spec, extra={**spec.extra, "relevance": relevance})
-    (out_dir / CARD_FILE).write_text(model_card(spec), encoding="utf-8")
-    log(f"wrote {out_dir}")
+        files = {name: sha256_file(out_dir / name)
+                 for name in (text_file, image_file, TOKENIZER_FILE, REFERENCE_FILE)}
+        spec = ModelSpec(
+            id=MODEL_ID, version=MODEL_VERSION, dim=int(matrix.shape[1]), distance="cosine",
+            quantization=variant,
+            text=TextTowerSpec(file=text_file, tokenizer=TOKENIZER_FILE, max_tokens=max_tokens),
+            image=ImageTowerSpec(file=image_file, size=size),
+            files=files,
+            extra={"recipe": RECIPE, "parity": parity, "reference": REFERENCE_FILE,
+                   "licence": "Apache-2.0 (see MODEL_CARD.md)"},
+        )
+        write_spec(out_dir, spec)
+        # What a strong match is for this model, fitted on the evaluation set's tuning half
+        # (its photos come from `make eval-deps`); the towers written above are what is measured.
+        log("calibrating strong and weak matches on the evaluation set's tuning half")
+        relevance = calibration.calibrate(out_dir)
+        calibration.write_calibration(out_dir, relevance)
+        spec = dataclasses.replace(spec, extra={**spec.extra, "relevance": relevance})
+        (out_dir / CARD_FILE).write_text(model_card(spec), encoding="utf-8")
+    log(f"wrote {final}")
     return spec
 
 

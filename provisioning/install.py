@@ -163,6 +163,12 @@ step_user() {{
 
 step_directories() {{
     uid=$(id_of passwd "$SERVICE_USER"); gid=$(id_of group "$SERVICE_USER")
+    # install -d would hand an existing folder (a user's photos) to the service user:
+    # an existing data directory must be empty or already Glimpse's (it has bundles/).
+    if [ -d "$DESTDIR$DATA_DIR" ] && [ ! -d "$DESTDIR$DATA_DIR/bundles" ] && [ -n "$(ls -A "$DESTDIR$DATA_DIR")" ]; then
+        say "directories: $DATA_DIR holds other things and is not a Glimpse data directory (no bundles/); left alone: choose another --data-dir"
+        exit 1
+    fi
     install -d -m 0750 -o "$uid" -g "$gid" "$DESTDIR$DATA_DIR"
     install -d -m 2775 -o "$uid" -g "$gid" "$DESTDIR$DATA_DIR/bundles" "$DESTDIR$DATA_DIR/bundles/.incoming"
     install -d -m 0755 "$DESTDIR/etc/glimpse" "$(dirname "$VENV")"

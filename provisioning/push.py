@@ -51,12 +51,11 @@ from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from device.bundle import Bundle
-from device.daemon import BUNDLES_DIR, CURRENT_LINK
+from device.daemon import BUNDLES_DIR, CURRENT_LINK, INCOMING_DIR
 from device.errors import GlimpseError
 from device.wording import plural
 from provisioning.remote import DeviceUnreachable, Remote, last_line, shell
 
-INCOMING_DIR = ".incoming"
 #: Where rsync keeps a file cut off mid-transfer, inside the incoming bundle.
 PARTIAL_DIR = ".rsync-partial"
 #: Names ``write_manifest`` gives bundles: creation time, then content hash.
@@ -199,6 +198,10 @@ class _Push:
         """Run the device's ``glimpse`` with ``words``."""
         return self.remote.run(shell(self.options.remote_glimpse, *words), timeout=timeout)
 
+    def remove(self, names: list[str]) -> subprocess.CompletedProcess:
+        """``glimpse remove-bundle``: delete ``names`` under ``bundles/``, each proven Glimpse's own on the device."""
+        return self.glimpse("remove-bundle", "--data-dir", str(self.data_dir), *names, timeout=600)
+
     def daemon_args(self) -> list[str]:
         return ["--port", str(self.options.daemon_port)] if self.options.daemon_port else []
 
@@ -335,11 +338,16 @@ exit 0
                 keep.append(name)
         removed = sorted(name for name in ids if name not in keep)
         stale = [name for name in self.state.incoming if name != self.id]
-        paths = [self.bundles / name for name in removed] + [self.bundles / INCOMING_DIR / name for name in stale]
-        if paths:
-            proc = self.remote.run(shell("rm", "-rf", "--", *paths), timeout=600)
+        names = removed + [f"{INCOMING_DIR}/{name}" for name in stale]
+        if names:
+            # The device's own glimpse removes each one only after proving it is a bundle it
+            # wrote (an unfinished transfer: a directory under .incoming), never `current`.
+            proc = self.remove(names)
+            done = {line.split(" ", 1)[1] for line in proc.stdout.splitlines() if line.startswith("removed ")}
             if proc.returncode != 0:
-                return [], f"could not remove {', '.join(removed + stale)}: {last_line(proc.stderr)} (the push itself succeeded)"
+                removed = [name for name in removed if name in done]
+                return removed, (f"removed {', '.join(sorted(done)) or 'nothing'}; left {_glimpse_error(proc)} "
+                                 "(the push itself succeeded)")
         others = sorted(present - set(keep) - set(removed))
         message = f"kept {', '.join(keep)}"
         if removed:
@@ -355,11 +363,11 @@ exit 0
     def discard_incoming(self) -> None:
         """Remove the incoming copy (it cannot be resumed); a failure here only warns."""
         self.log.begin()
-        proc = self.remote.run(shell("rm", "-rf", "--", self.incoming), timeout=600)
+        proc = self.remove([f"{INCOMING_DIR}/{self.id}"])
         if proc.returncode == 0:
             self.log.step("cleanup", f"removed {BUNDLES_DIR}/{INCOMING_DIR}/{self.id} (not resumable)")
         else:
-            self.log.step("cleanup", f"could not remove {self.incoming}: {last_line(proc.stderr)}", failed=True)
+            self.log.step("cleanup", f"could not remove {self.incoming}: {_glimpse_error(proc)}", failed=True)
 
     def rollback(self) -> str:
         """Undo a failed switch; returns what serves now, for the error message."""

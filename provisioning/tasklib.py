@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from device import ownership
 from device.bundle import Bundle
 from device.errors import GlimpseError, ModelUnsupported
 from device.wording import plural
@@ -248,6 +248,21 @@ def model_info(bundle: Bundle, index_description: str) -> tflite_metadata.ModelI
     )
 
 
+#: Where every TFLite flatbuffer carries its file identifier.
+TFLITE_MAGIC = (4, b"TFL3")
+
+
+def check_output(options: ExportOptions) -> None:
+    """Refuse an ``out`` inside the bundle (or the bundle itself), a directory, an existing
+    file without ``force``, or with ``force`` a file that is not a TFLite model.
+
+    Raises:
+        OutputRefused: naming what is there and what to do.
+    """
+    ownership.check_apart(options.out, [("the bundle", Path(options.bundle))])
+    ownership.check_replaceable_file(options.out, options.force, "a TFLite model", TFLITE_MAGIC)
+
+
 def export(options: ExportOptions, log=print) -> dict:
     """Write ``options.out``: the bundle as a Task Library ``TextSearcher`` model.
 
@@ -259,14 +274,14 @@ def export(options: ExportOptions, log=print) -> dict:
     Raises:
         BundleInvalid: the bundle does not open.
         ModelUnsupported: the Task Library cannot run the bundle's model.
-        GlimpseError: the host extra is missing; ``out`` exists and ``force`` is not set.
+        GlimpseError: the host extra is missing.
+        OutputRefused: see :func:`check_output`.
     """
     from provisioning.default_model import REFERENCE_TEXTS
 
+    check_output(options)
     require_host_packages()
     out = Path(options.out)
-    if out.exists() and not options.force:
-        raise GlimpseError(f"{out} exists; pass --force to replace it")
     bundle = Bundle.open(options.bundle)
     spec = bundle.spec
     vocab = wordpiece_vocab(bundle.model_dir / spec.text.tokenizer)
@@ -285,9 +300,6 @@ def export(options: ExportOptions, log=print) -> dict:
         model = tflite_metadata.populate(
             tower.read_bytes(), model_info(bundle, index.describe()),
             {VOCAB_FILE: ("\n".join(vocab) + "\n").encode("utf-8"), INDEX_FILE: index.data})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    partial.write_bytes(model)
-    os.replace(partial, out)
+    ownership.write_file(out, model)
     return {"out": str(out), "items": index.items, "bytes": len(model), "index": index.describe(),
             "partitions": list(index.partition_sizes), "parity": round(parity, 6), "model": spec.full_id}

@@ -65,11 +65,13 @@ import numpy as np
 import torch
 
 from device import images as photo_io
+from device import ownership
 from device.errors import GlimpseError, ImageUnreadable
-from device.model import ImageTowerSpec, ModelSpec, TextTowerSpec, sha256_file, write_spec
+from device.model import (HISTORY_FILE, TEXT_WEIGHTS_FILE, ImageTowerSpec, ModelSpec, TextTowerSpec, sha256_file,
+                          write_spec)
 from device.wording import plural
 from provisioning import convert, default_model
-from provisioning.build import Progress, staged_directory
+from provisioning.build import Progress
 from provisioning.cache import FeatureCache, default_cache_dir
 from provisioning.captions import CaptionSet, read_captions
 from provisioning.evaluate import RECALL_AT, ranks
@@ -97,10 +99,6 @@ FEATURE_BATCH = 32
 KEEP_EPOCH_CHECKPOINTS = 3
 CHECKPOINT_FORMAT = 1
 LAST_CHECKPOINT = "last.pt"
-HISTORY_FILE = "training.json"
-#: What training changed on the text side (the text head and any unfrozen layers), kept
-#: in the model directory so the host can rebuild the text tower in PyTorch (export-tasklib).
-TEXT_WEIGHTS_FILE = "text_weights.safetensors"
 
 
 class TrainInvalid(GlimpseError, ValueError):
@@ -785,10 +783,8 @@ def train(options: TrainOptions, on_step=None, log=print) -> TrainResult:
         TrainInterrupted: Ctrl-C; the checkpoint (or feature cache) keeps the work.
     """
     options.validate()
-    out = Path(options.out).resolve()
     checkpoints = options.checkpoints.resolve()
-    if options.export and out.exists() and not options.force:
-        raise TrainInvalid(f"{out} exists; pass --force to replace it")
+    check_output(options)
     earlier = (checkpoints / LAST_CHECKPOINT).is_file()
     if options.resume and not earlier:
         raise TrainInvalid(f"{checkpoints}: no checkpoint to resume from")
@@ -871,15 +867,35 @@ def recipe(options: TrainOptions) -> dict:
     }
 
 
+def _inputs(options: TrainOptions) -> list[tuple[str, Path]]:
+    return [("the photo folder", Path(options.images)), ("the captions file", Path(options.captions))]
+
+
+def check_output(options: TrainOptions) -> None:
+    """Refuse an ``out`` (or checkpoint directory) that is, holds or lies inside the
+    photos or captions, or an existing ``out`` that is not a model directory ``--force``
+    may replace; runs before anything is loaded.
+
+    Raises:
+        OutputRefused: naming what is there and what to do.
+    """
+    inputs = _inputs(options)
+    ownership.check_apart(options.out, inputs)
+    ownership.check_apart(options.checkpoints, inputs, option="--checkpoints")
+    if options.export:
+        ownership.check_replaceable(options.out, ["model"], options.force, "a model directory")
+
+
 def export(options: TrainOptions, text: TextTower, image: ImageTower, heads: DualHeads,
            result: TrainResult, log=print) -> ModelSpec:
     """Write the trained dual encoder as a Glimpse model directory at ``options.out``.
 
-    The directory is written beside ``out`` and moved into place at the end.
+    The directory is written beside ``out`` and swapped into place at the end
+    (:func:`device.ownership.replacing`): an old model stays until the new one is complete.
     """
     out = Path(options.out).resolve()
-    with staged_directory(out) as work:
-        work.chmod(0o755)  # mkdtemp's 0700 would hide the model from a service user
+    with ownership.replacing(out, ["model"], "a model directory", force=options.force,
+                             inputs=_inputs(options)) as work:
         text_tower, image_tower = TextExport(text, heads.text_head).eval(), ImageExport(image, heads.image_head).eval()
         with _chatter_away(options.progress):
             text_file, image_file = default_model.export_towers(text_tower, image_tower, work, options.variant,

@@ -36,11 +36,15 @@ from urllib.parse import unquote, urlparse
 from packaging.tags import Tag, compatible_tags, cpython_tags
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 
+from device import ownership
 from device.errors import GlimpseError
 from device.model import sha256_file
 
 MANIFEST = "wheelhouse.json"
 MANIFEST_FORMAT = "glimpse-wheelhouse"
+#: Written first into a new wheelhouse: the directory is Glimpse's to prune.
+MARKER = ".glimpse-wheelhouse"
+WHEELHOUSE_MARKERS = ((MANIFEST, MANIFEST_FORMAT), (MARKER, MANIFEST_FORMAT))
 MANIFEST_FORMAT_VERSION = 1
 #: What a device installs: Glimpse with its ``device`` extra.
 REQUIREMENT = "glimpse[device]"
@@ -283,6 +287,7 @@ def build(targets: list[Target], out: Path, source: Path | None = None,
         The manifest written to ``out/wheelhouse.json``.
 
     Raises:
+        OutputRefused: ``out`` is or holds the source tree, or holds other things than a wheelhouse.
         TargetInvalid: no target given.
         WheelhouseFailed: pip too old, no source tree, a build or download
             failed (no network, no wheel for a target), or the result does not
@@ -290,11 +295,18 @@ def build(targets: list[Target], out: Path, source: Path | None = None,
     """
     if not targets:
         raise TargetInvalid("name at least one target Python version (--python 3.11)")
-    pip = pip or [sys.executable, "-m", "pip"]
-    check_pip(pip)
     source = Path(source) if source else source_tree()
     out = Path(out).resolve()
+    # Stale wheels are deleted below: only ever in a wheelhouse Glimpse made (or an empty
+    # directory), never in a folder of the user's own (a Downloads folder full of wheels).
+    ownership.check_apart(out, [("the Glimpse source tree", source)], allow_inside=True)
+    ownership.check_replaceable(out, ["marked"], True, "a wheelhouse", markers=WHEELHOUSE_MARKERS)
+    pip = pip or [sys.executable, "-m", "pip"]
+    check_pip(pip)
     out.mkdir(parents=True, exist_ok=True)
+    # Marks the directory as a wheelhouse before any wheel arrives, so a run cut off
+    # before the manifest is written can be resumed.
+    (out / MARKER).write_text(json.dumps({"format": MANIFEST_FORMAT}) + "\n", encoding="utf-8")
     glimpse_wheel = build_glimpse_wheel(source, out, pip)
     # A direct reference: a project named "glimpse" on an index must not be taken instead.
     pinned = f"{REQUIREMENT} @ {glimpse_wheel.as_uri()}"

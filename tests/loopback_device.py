@@ -56,6 +56,14 @@ class Sshd:
         shutil.copyfile(root / "client_key.pub", root / "authorized_keys")
         self.port = _free_port()
         self.user = getpass.getuser()
+        extra_config = tuple(extra_config)
+        if os.environ.get("PYTHONPATH"):
+            # The "device" runs the code under test too (a worktree on PYTHONPATH), not the
+            # venv's installed copy: sshd starts sessions with a clean environment.
+            line = f"PYTHONPATH={os.environ['PYTHONPATH']}"
+            setenv = [i for i, c in enumerate(extra_config) if c.startswith("SetEnv ")]
+            extra_config = (tuple(f"{c} {line}" if i == setenv[0] else c for i, c in enumerate(extra_config))
+                            if setenv else (*extra_config, f"SetEnv {line}"))
         config = root / "sshd_config"
         config.write_text("\n".join([
             f"Port {self.port}", "ListenAddress 127.0.0.1", f"HostKey {root / 'host_key'}",

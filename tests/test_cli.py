@@ -142,7 +142,9 @@ def test_import_model_without_the_host_tools_says_what_to_install(tmp_path):
 
     if importlib.util.find_spec("torch") is not None:
         pytest.skip("PyTorch is installed here: the host tests cover import-model")
-    proc = run_cli("provisioning", "import-model", str(tmp_path), "--out", str(tmp_path / "m"), check=False)
+    (tmp_path / "source").mkdir()
+    proc = run_cli("provisioning", "import-model", str(tmp_path / "source"), "--out", str(tmp_path / "m"),
+                   check=False)
     assert proc.returncode == 2
     assert "needs the host tools" in proc.stderr and ".venv-host" in proc.stderr
     assert "Traceback" not in proc.stderr

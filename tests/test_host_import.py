@@ -19,7 +19,7 @@ import pytest
 
 from device import images
 from device.encoders import ImageEncoder, TextEncoder
-from device.model import read_spec
+from device.model import default_model_dir, read_spec
 from provisioning import cli, clip_import, convert
 from tests.conftest import LIBRARY_PHOTOS, run_cli
 
@@ -323,11 +323,13 @@ def test_parity_below_the_floor_is_refused(capsys, sources, tmp_path, monkeypatc
     monkeypatch.setitem(clip_import.PARITY_FLOOR, "float32", 1.01)
     path, arch = sources["openclip-file"]
     out = tmp_path / "m"
-    out.mkdir()
-    (out / "model.json").write_text("{}")  # an earlier import's
-    status, err = _cli_error(capsys, str(path), "--arch", arch, "--variant", "float32", "--out", str(out))
-    assert status == 2 and "below the float32 floor 1.01" in err
-    assert not (out / "model.json").exists()  # nothing that looks like a usable model is left
+    shutil.copytree(default_model_dir(), out)  # an earlier model, replaced only by a complete one
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    status, err = _cli_error(capsys, str(path), "--arch", arch, "--variant", "float32", "--out", str(out),
+                             "--force")
+    assert status == 2 and "below the float32 floor 1.01" in err and "nothing was written" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the old model is left as it was
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # and nothing half-written beside it
 
 
 @pytest.mark.parametrize("name", ["openclip-file", "hf-clip"])

@@ -392,3 +392,16 @@ def test_checkpoints_are_neither_overwritten_nor_resumed_with_other_options(shap
     assert proc.returncode == 2 and "other data or options: the training photos or captions" in proc.stderr
     proc = _train_cli(shapes, tmp_path / "other", *common, "--resume", check=False)
     assert proc.returncode == 2 and "no checkpoint to resume from" in proc.stderr
+
+
+def test_an_out_around_the_photos_is_refused_before_anything_is_loaded(shapes, tmp_path):
+    from device.errors import GlimpseError  # OutputRefused, which older code lacks
+
+    photos = sorted(p.name for p in (shapes / "images").iterdir())
+    with pytest.raises(GlimpseError, match="contains the photo folder"):
+        train.train(_options(shapes, shapes, tmp_path / "cache", export=True, force=True), log=lambda *_: None)
+    with pytest.raises(GlimpseError, match="is inside the photo folder"):
+        train.train(_options(shapes, shapes / "images" / "model", tmp_path / "cache", export=True),
+                    log=lambda *_: None)
+    assert sorted(p.name for p in (shapes / "images").iterdir()) == photos
+    assert (shapes / "captions.json").is_file()

@@ -128,6 +128,24 @@ def test_script_sets_up_user_directories_and_unit_under_a_fake_root(fake_root):
             if line.startswith("glimpse:")] == [":".join(user)]
 
 
+def test_script_leaves_an_existing_folder_that_is_not_a_data_directory_alone(fake_root):
+    photos = fake_root / "home/pi/Pictures"
+    (photos / "2024").mkdir(parents=True)
+    (photos / "2024" / "cat.jpg").write_bytes(b"mine")
+    photos.chmod(0o700)
+    before = photos.stat()
+    script = install_script(InstallOptions(data_dir="/home/pi/Pictures", login_user="pi", wheelhouse=WHEELHOUSE))
+
+    proc = _run(script, fake_root)
+
+    assert proc.returncode == 1
+    assert "install: directories: /home/pi/Pictures holds other things and is not a Glimpse data directory" \
+        in proc.stdout
+    after = photos.stat()
+    assert (after.st_mode, after.st_uid, after.st_gid) == (before.st_mode, before.st_uid, before.st_gid)
+    assert (photos / "2024" / "cat.jpg").read_bytes() == b"mine" and not (photos / "bundles").exists()
+
+
 DEVICE_PYTHON = "python3 -c 'import platform, sys; print(\"%d.%d\" % sys.version_info[:2], platform.machine())'"
 
 

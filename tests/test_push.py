@@ -92,6 +92,25 @@ def test_push_switches_the_daemon_and_keeps_the_newest_bundles(device, sshd, bun
     assert "already serving, nothing to send" in again.stdout
 
 
+def test_prune_removes_only_what_proves_to_be_a_bundle(device, sshd, bundle_dir, new_bundle, tmp_path):
+    # Named like an old bundle, but the user's own folder: the device's glimpse
+    # (remove-bundle) proves each directory is a bundle before deleting it.
+    users = device.bundles / "20000101T000000Z-00000000"
+    (users / "2024").mkdir(parents=True)
+    (users / "2024" / "photo.jpg").write_bytes(b"mine")
+    old = make_variant(bundle_dir, tmp_path / "old", "20010101T000000Z")
+    shutil.copytree(old, device.bundles / bundle_id(old))
+
+    proc = push(device, sshd, new_bundle, "--keep", "2")
+
+    assert device.serving() == bundle_id(new_bundle)
+    assert (users / "2024" / "photo.jpg").read_bytes() == b"mine"
+    assert not (device.bundles / bundle_id(old)).exists()
+    prune = next(line for line in proc.stdout.splitlines() if line.startswith("prune"))
+    assert f"removed {bundle_id(old)}" in prune and "holds 1 entry (2024), not a bundle Glimpse wrote" in prune
+    assert "the push itself succeeded" in prune
+
+
 def test_copy_corrupted_on_the_device_is_refused_and_the_old_bundle_keeps_serving(device, sshd, new_bundle, tmp_path):
     # rsync checks what crosses the wire, so the corruption a push must catch happens
     # after: a bad SD card or a faulty receiver. This device-side rsync wrapper flips a
