@@ -6,7 +6,7 @@
     glimpse reload [--bundle-name NAME]   ask the running daemon to verify and switch bundles
     glimpse ingest PATH...           add photos to the running daemon
     glimpse status                   what the daemon serves, ingest progress
-    glimpse admin-token              make an admin token (stored hashed)
+    glimpse admin-token [--reset]    make an admin token (stored hashed); --reset replaces the device's
     glimpse verify --bundle DIR
     glimpse health [--port 8080] [--wait SECONDS]   print the daemon's /healthz answer
     glimpse selftest [--model DIR]
@@ -91,8 +91,13 @@ def _parser() -> argparse.ArgumentParser:
     settings.add_arguments(status, ("host", "port"))
     status.add_argument("--config", type=Path, help=f"configuration file (default {settings.CONFIG_FILE})")
 
-    commands.add_parser("admin-token", help="make a new admin token; prints it once and the line "
+    admin = commands.add_parser("admin-token", help="make a new admin token; prints it once and the line "
                                                     "to put in the configuration file")
+    admin.add_argument("--reset", action="store_true",
+                       help="replace the token in DATA_DIR/admin-token.sha256 (the one the first start made); "
+                            "the running daemon uses the new one at once")
+    settings.add_arguments(admin, ("data_dir",))
+    admin.add_argument("--config", type=Path, help=f"configuration file (default {settings.CONFIG_FILE})")
 
     verify = commands.add_parser("verify", help="check every file of a bundle against its manifest")
     verify.add_argument("--bundle", required=True, type=Path, help="bundle directory")
@@ -320,13 +325,26 @@ def _status(args) -> int:
 
 
 def _admin_token(args) -> int:
-    import hashlib
-    import secrets
+    from device.admin import TokenStore, digest, new_token
 
-    token = secrets.token_urlsafe(24)
-    print(f"admin token (shown once; keep it): {token}")
-    print(f"put this line in {settings.CONFIG_FILE} and restart glimpse:")
-    print(f"admin_token_sha256 = {hashlib.sha256(token.encode()).hexdigest()}")
+    if not args.reset:
+        token = new_token()
+        print(f"admin token (shown once; keep it): {token}")
+        print(f"put this line in {settings.CONFIG_FILE} and restart glimpse:")
+        print(f"admin_token_sha256 = {digest(token)}")
+        return 0
+    effective = _settings(args)
+    if effective.admin_token_sha256:
+        raise GlimpseError(f"admin_token_sha256 is set ({effective.sources['admin_token_sha256']}) and wins over "
+                           "a reset token: remove that line, or run glimpse admin-token without --reset "
+                           "and put the new line in its place")
+    store = TokenStore(Path(effective.data_dir))
+    if not Path(effective.data_dir).is_dir():
+        raise GlimpseError(f"{effective.data_dir} is not a Glimpse data directory (no such folder); "
+                           "give the right one with --data-dir")
+    token = store.write_new()
+    print(f"new admin token (shown once; keep it): {token}")
+    print(f"its sha256 is in {store.path}; the old token no longer works")
     return 0
 
 

@@ -26,6 +26,7 @@ import threading
 import time
 from pathlib import Path
 
+from device.admin import AttemptLimiter, TokenStore
 from device.errors import BundleNameInvalid, GlimpseError, PortInUse
 from device.metrics import Metrics
 from device.search import Searcher, SearcherOptions
@@ -69,6 +70,11 @@ class Daemon:
         self.slideshow = Slideshow()
         #: The front panel while :meth:`serve` runs (``None`` otherwise).
         self.panel = None
+        #: The admin token's hash (and, after a first start, the token until it is used).
+        self.admin = TokenStore(Path(settings.data_dir), settings.admin_token_sha256)
+        self.admin.on_used = lambda: self._tell_panel("token")
+        #: Wrong admin tokens per client address (429 past the limit).
+        self.attempts = AttemptLimiter(settings.admin_max_failures, settings.admin_failure_window)
 
     @property
     def searcher(self) -> Searcher:
@@ -241,6 +247,32 @@ class Daemon:
                  len(self.delta), self.ingest_store.counts()["queued"])
         return True
 
+    def first_start_token(self) -> str | None:
+        """On a first start, make the admin token and print it once (to the journal).
+
+        Only when serving ``DATA_DIR/current`` (the appliance's own data directory),
+        ``admin_token_first_start`` is on and no token exists. The token stays on the
+        display and the kiosk until an admin call uses it.
+
+        Returns:
+            The new token, or ``None`` when none was made.
+        """
+        if not self.settings.admin_token_first_start or self.settings.bundle:
+            return None
+        try:
+            token = self.admin.ensure()
+        except OSError as exc:
+            log.warning("no admin token made: cannot write %s: %s; admin calls are accepted from this "
+                        "device only", self.admin.path, exc.strerror)
+            return None
+        if token is not None:
+            # stdout goes to the journal; this is the one time the token is written anywhere.
+            print(f"Glimpse made its admin token (shown once here, and on the screen until first used): {token}",
+                  flush=True)
+            log.info("admin token made; its sha256 is in %s", self.admin.path)
+            self._tell_panel("token")
+        return token
+
     def _encoder_for_ingest(self):
         """The image tower of the model being served, loaded on first use."""
         from device.encoders import EncoderOptions, ImageEncoder
@@ -369,6 +401,7 @@ class Daemon:
         self.panel.tick()
         self.notifier.ready(f"serving {self.searcher.bundle.id} at {url}")
         print(f"Glimpse is serving {plural(len(self.searcher.bundle), 'photo')} at {url}", flush=True)
+        self.first_start_token()
         status = 0
         last_ping = 0.0
         try:

@@ -38,6 +38,7 @@ SEARCH_FLASH_SECONDS = 0.4
 CHANGED = "changed"  # the slideshow changed (from any thread)
 READY = "ready"      # serving (after start-up or a reload)
 ERROR = "error"      # something failed (a reload was refused)
+TOKEN = "token"      # the first-start admin token appeared or stopped being shown
 
 
 class Panel:
@@ -83,7 +84,7 @@ class Panel:
     # --- from any thread ---------------------------------------------------------------
 
     def post(self, event: str) -> None:
-        """Queue ``event`` (``press``, ``hold``, ``changed``, ``ready``, ``error``) for the main loop."""
+        """Queue ``event`` (``press``, ``hold``, ``changed``, ``ready``, ``error``, ``token``) for the main loop."""
         self._events.put(event)
         self._wake()
 
@@ -156,6 +157,8 @@ class Panel:
             self._dirty = True
         elif event == ERROR:
             self._set_base("error")
+        elif event == TOKEN:
+            self._dirty = True
         else:
             raise ValueError(f"unknown panel event {event!r}")
 
@@ -262,6 +265,7 @@ class Panel:
             items=len(bundle) if bundle else 0, query=showing.query,
             position=f"{showing.position + 1}/{len(showing.results)}" if current else "",
             caption=current.item.name if current else hint, thumb=thumb, note=self._note,
+            admin_token=getattr(self.daemon.admin, "first_token", None) or "",
         )
 
 
