@@ -7,6 +7,8 @@
     glimpse ingest PATH...           add photos to the running daemon
     glimpse status                   what the daemon serves, ingest progress
     glimpse admin-token [--reset]    make an admin token (stored hashed); --reset replaces the device's
+    glimpse backup OUT.tar           added photos, their database, token hash, settings
+    glimpse restore IN.tar           bring a backup back (daemon stopped); refuses a bad archive
     glimpse verify --bundle DIR
     glimpse health [--port 8080] [--wait SECONDS]   print the daemon's /healthz answer
     glimpse selftest [--model DIR]
@@ -98,6 +100,18 @@ def _parser() -> argparse.ArgumentParser:
                             "the running daemon uses the new one at once")
     settings.add_arguments(admin, ("data_dir",))
     admin.add_argument("--config", type=Path, help=f"configuration file (default {settings.CONFIG_FILE})")
+
+    backup = commands.add_parser("backup", help="write the added photos, their database, the admin token's hash "
+                                                "and the settings to a tar file (the daemon may be running)")
+    backup.add_argument("out", type=Path, help="the tar file to write, e.g. glimpse-backup.tar")
+    settings.add_arguments(backup, ("data_dir",))
+    backup.add_argument("--config", type=Path, help=f"configuration file (default {settings.CONFIG_FILE})")
+
+    restore = commands.add_parser("restore", help="bring back a backup into the data directory (stop the daemon "
+                                                  "first); a truncated or altered backup changes nothing")
+    restore.add_argument("archive", type=Path, help="a tar file written by glimpse backup")
+    settings.add_arguments(restore, ("data_dir", "host", "port"))
+    restore.add_argument("--config", type=Path, help=f"configuration file (default {settings.CONFIG_FILE})")
 
     verify = commands.add_parser("verify", help="check every file of a bundle against its manifest")
     verify.add_argument("--bundle", required=True, type=Path, help="bundle directory")
@@ -223,8 +237,8 @@ def _config(args) -> int:
     return 0
 
 
-def _daemon_url(args, path: str) -> str:
-    effective = _settings(args)
+def _daemon_url(args, path: str, effective: settings.Settings | None = None) -> str:
+    effective = effective or _settings(args)
     host = "127.0.0.1" if effective.host in {"0.0.0.0", "", "::"} else effective.host
     return f"http://{'[' + host + ']' if ':' in host else host}:{effective.port}{path}"
 
@@ -348,6 +362,54 @@ def _admin_token(args) -> int:
     return 0
 
 
+def _config_path(args) -> Path:
+    import os
+
+    return Path(args.config or os.environ.get(settings.ENV_PREFIX + "CONFIG") or settings.CONFIG_FILE)
+
+
+def _backup(args) -> int:
+    from device.backup import backup
+
+    effective = _settings(args)
+    report = backup(Path(effective.data_dir), args.out, config_file=_config_path(args))
+    print(f"{report.path}: {plural(report.photos, 'added photo')}, {plural(report.files, 'file')}, "
+          f"{report.bytes / 1e6:.1f} MB")
+    if report.left_out:
+        print(f"{plural(report.left_out, 'photo')} removed while the backup ran left out")
+    return 0
+
+
+def _restore(args) -> int:
+    import urllib.error
+    import urllib.request
+
+    from device.backup import restore
+
+    import os
+
+    config = _config_path(args)
+    # The configuration file may not exist yet on a new device: the backup brings it.
+    effective = settings.load({s.name: getattr(args, s.name, None) for s in settings.SETTINGS},
+                              env={**os.environ, settings.ENV_PREFIX + "CONFIG": str(config)})
+    url = _daemon_url(args, "/healthz", effective)
+    try:  # the daemon holds the database open: it must not run while it is replaced
+        with urllib.request.urlopen(url, timeout=2):
+            pass
+    except (urllib.error.URLError, OSError):
+        pass
+    else:
+        raise GlimpseError(f"a Glimpse daemon answers at {url}: stop it first (sudo systemctl stop glimpse), "
+                           "then restore and start it again")
+    report = restore(args.archive, Path(effective.data_dir), config_file=config)
+    print(f"restored {plural(report.photos, 'added photo')} ({plural(report.files, 'file')}) into {report.data_dir}")
+    if report.settings:
+        print(f"settings: {report.settings}")
+    if not (report.data_dir / "current").exists():
+        print("no bundle is served yet: push one from the host (glimpse-provision push)")
+    return 0
+
+
 def _verify(args) -> int:
     from device.bundle import Bundle
 
@@ -400,5 +462,6 @@ def _selftest(args) -> int:
 
 
 _COMMANDS = {"search": _search, "serve": _serve, "config": _config, "reload": _reload, "ingest": _ingest,
-             "status": _status, "admin-token": _admin_token, "verify": _verify, "health": _health,
+             "status": _status, "admin-token": _admin_token, "backup": _backup, "restore": _restore,
+             "verify": _verify, "health": _health,
              "selftest": _selftest}
