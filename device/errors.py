@@ -65,3 +65,7 @@ class HardwareInvalid(GlimpseError, ValueError):
 
 class PortInUse(GlimpseError, OSError):
     """The daemon's address is taken by another program."""
+
+
+class CameraUnavailable(GlimpseError, RuntimeError):
+    """No camera is configured or found, or it could not take a photo."""

@@ -174,6 +174,13 @@ SETTINGS: tuple[Setting, ...] = (
             minimum=0.0, maximum=1.0),
     Setting("button_pull_up", True, "bool",
             "The button connects its pin to ground (internal pull-up); false: to 3V3 (pull-down)."),
+    Setting("button_hold", "auto", "str",
+            "What holding the button does: shutdown (run shutdown_command), camera (take a photo and show "
+            "the most similar ones), or auto (camera when there is a camera, else shutdown).",
+            choices=("auto", "shutdown", "camera")),
+    Setting("camera", "none", "str",
+            "Camera for \"What is this like?\": picamera2 (a Raspberry Pi camera module; "
+            "apt install python3-picamera2), or none.", choices=("none", "picamera2")),
     Setting("shutdown_command", "", "str",
             "Command run when the button is held, split like a shell line but run without one, "
             "e.g. `systemctl poweroff` (its program must be found at start-up); "

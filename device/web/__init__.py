@@ -33,7 +33,8 @@ from flask import Flask, Response, abort, g, jsonify, redirect, render_template,
 from werkzeug.exceptions import HTTPException, TooManyRequests
 
 from device import __version__
-from device.errors import BundleInvalid, BundleNameInvalid, GlimpseError, ItemNotFound, QueryInvalid
+from device.errors import (BundleInvalid, BundleNameInvalid, CameraUnavailable, GlimpseError, ImageUnreadable,
+                           ItemNotFound, QueryInvalid)
 from device.search import Filters, Result, check_page
 from device.wording import plural
 
@@ -75,6 +76,7 @@ def create_app(daemon) -> Flask:
         return {"ingest_on": daemon.ingest_store is not None, "csrf_token": _csrf_token,
                 "needs_token": _token_needed(daemon),
                 "can_show": bool(daemon.admin.expected()) or _is_local(request.remote_addr),
+                "has_camera": daemon.panel is not None and daemon.panel.hardware.has_camera,
                 "plural": plural}
 
     @app.template_filter("urlencode_page")
@@ -279,6 +281,60 @@ def create_app(daemon) -> Flask:
         _store().remove(item_id)
         daemon.delta.refresh()
         return jsonify({"removed": item_id})
+
+    # --- "What is this like?": a photo from a phone's camera, or the device's own ----------
+
+    def _sent_photo():
+        """The photo of the request's ``photo`` field, decoded (never stored).
+
+        Raises:
+            QueryInvalid: no photo was sent.
+            ImageUnreadable: it is not a photo Glimpse can read (a 400 with the reason).
+        """
+        upload = request.files.get("photo")
+        if upload is None:
+            raise QueryInvalid("no photo: send it as the multipart form field 'photo'")
+        data = upload.read()
+        return daemon.decode_photo(data, upload.filename or "photo")
+
+    @app.post("/api/search/photo")
+    def api_search_photo():
+        k, offset = _api_page()
+        results = daemon.similar_to_photo(_sent_photo(), k=k, offset=offset, filters=_filters())
+        return jsonify([r.to_json() for r in results])
+
+    @app.post("/photo")
+    def photo_search():
+        """The search-by-photo form (a phone's camera): a results page; the photo is not kept."""
+        searcher = g.searcher
+        error, results, status = None, [], 200
+        try:
+            results = daemon.similar_to_photo(_sent_photo(), k=settings.page_size)
+        except (QueryInvalid, ImageUnreadable) as exc:
+            error, status = (exc.reason if isinstance(exc, ImageUnreadable) else str(exc)), 400
+        return render_template("index.html", results=results, error=error, page=0, more=False, filters=Filters(),
+                               folders=searcher.folders(), bundle=searcher.bundle, version=__version__,
+                               args=request.args, query="", browse=[], photo_search=True), status
+
+    def _look() -> dict:
+        try:
+            showing = daemon.look()
+        except CameraUnavailable as exc:
+            abort(409, description=str(exc))
+        return {"query": showing.query, "count": len(showing.results), "generation": showing.generation}
+
+    @app.post("/api/admin/camera")
+    def api_camera():
+        _require_admin(daemon)
+        return jsonify(_look())
+
+    @app.post("/camera")
+    def camera_form():
+        """The "What is this like?" button of the device's camera: a page saying what the screen shows."""
+        refusal = _admin_refusal(daemon)
+        if refusal:
+            return _with_retry_after(_error_page(refusal.status, refusal.reason), refusal)
+        return render_template("shown.html", shown=_look(), back=url_for("index"), version=__version__, query="")
 
     # --- JSON API (docs/openapi.json) -------------------------------------------------
 
@@ -524,6 +580,7 @@ ERROR_TITLES = {
     403: "Not allowed from here",
     404: "Not found",
     405: "Not allowed",
+    409: "Not possible now",
     413: "Too large",
     429: "Too many wrong tokens",
     500: "Something went wrong",
