@@ -158,6 +158,9 @@ def test_what_the_camera_sees_decides_the_results(rig):
     r.hold()
     assert r.daemon.slideshow.snapshot().results[0].item.path == "kitchen/coffee.png"
     assert r.camera.captures == 2
+    status = client.get("/api/status").get_json()
+    assert status["front_panel"]["camera"] == r.camera.name
+    assert schema_errors(spec, _response_schema(spec, "/api/status", 200), status) == []
 
 
 def test_a_hold_without_a_camera_when_asked_for_one_fails_visibly(rig):
