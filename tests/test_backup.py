@@ -341,3 +341,22 @@ def test_backup_of_a_folder_that_is_not_glimpses_is_an_error(tmp_path):
     proc = run_cli("device", "backup", str(tmp_path / "out.tar"), "--data-dir", str(tmp_path / "nowhere"),
                    "--config", str(_empty_conf(tmp_path)), check=False)
     assert proc.returncode == 2 and proc.stderr.startswith("glimpse: error: ")
+
+
+def test_restore_onto_a_used_data_dir_replaces_only_glimpses_state(made, tmp_path, bundle_dir):
+    archive = made[0]
+    device = _restored_device(tmp_path, archive)
+    (device / "bundles").mkdir()
+    os.symlink(bundle_dir, device / "bundles" / "a")
+    os.symlink("bundles/a", device / "current")
+    (device / "added" / "files" / "stale.jpg").write_bytes(b"from before the restore")
+    (device / "glimpse.sqlite-wal").write_bytes(b"a log of the old database")
+    restore(archive, device)
+    # Bundles and the link stay; the old database's log and the old added files are gone with it.
+    assert os.readlink(device / "current") == "bundles/a"
+    assert (device / "bundles" / "a").resolve() == bundle_dir.resolve()
+    assert not (device / "glimpse.sqlite-wal").exists()
+    assert not (device / "added" / "files" / "stale.jpg").exists()
+    with tarfile.open(archive) as tar:
+        assert (device / "glimpse.sqlite").read_bytes() == tar.extractfile("data/glimpse.sqlite").read()
+    assert not [p for p in device.iterdir() if p.name.startswith(".restore-")]
