@@ -6,7 +6,9 @@
     glimpse reload [--bundle-name NAME]   ask the running daemon to verify and switch bundles
     glimpse ingest PATH...           add photos to the running daemon
     glimpse status                   what the daemon serves, ingest progress
-    glimpse admin-token              make an admin token (stored hashed)
+    glimpse admin-token [--reset]    make an admin token (stored hashed); --reset replaces the device's
+    glimpse backup OUT.tar           added photos, their database, token hash, settings
+    glimpse restore IN.tar           bring a backup back (daemon stopped); refuses a bad archive
     glimpse verify --bundle DIR
     glimpse remove-bundle [--data-dir DIR] NAME...   delete old bundles (only bundles Glimpse wrote)
     glimpse health [--port 8080] [--wait SECONDS]   print the daemon's /healthz answer
@@ -92,8 +94,25 @@ def _parser() -> argparse.ArgumentParser:
     settings.add_arguments(status, ("host", "port"))
     status.add_argument("--config", type=Path, help=f"configuration file (default {settings.CONFIG_FILE})")
 
-    commands.add_parser("admin-token", help="make a new admin token; prints it once and the line "
+    admin = commands.add_parser("admin-token", help="make a new admin token; prints it once and the line "
                                                     "to put in the configuration file")
+    admin.add_argument("--reset", action="store_true",
+                       help="replace the token in DATA_DIR/admin-token.sha256 (the one the first start made); "
+                            "the running daemon uses the new one at once")
+    settings.add_arguments(admin, ("data_dir",))
+    admin.add_argument("--config", type=Path, help=f"configuration file (default {settings.CONFIG_FILE})")
+
+    backup = commands.add_parser("backup", help="write the added photos, their database, the admin token's hash "
+                                                "and the settings to a tar file (the daemon may be running)")
+    backup.add_argument("out", type=Path, help="the tar file to write, e.g. glimpse-backup.tar")
+    settings.add_arguments(backup, ("data_dir",))
+    backup.add_argument("--config", type=Path, help=f"configuration file (default {settings.CONFIG_FILE})")
+
+    restore = commands.add_parser("restore", help="bring back a backup into the data directory (stop the daemon "
+                                                  "first); a truncated or altered backup changes nothing")
+    restore.add_argument("archive", type=Path, help="a tar file written by glimpse backup")
+    settings.add_arguments(restore, ("data_dir", "host", "port"))
+    restore.add_argument("--config", type=Path, help=f"configuration file (default {settings.CONFIG_FILE})")
 
     verify = commands.add_parser("verify", help="check every file of a bundle against its manifest")
     verify.add_argument("--bundle", required=True, type=Path, help="bundle directory")
@@ -229,8 +248,8 @@ def _config(args) -> int:
     return 0
 
 
-def _daemon_url(args, path: str) -> str:
-    effective = _settings(args)
+def _daemon_url(args, path: str, effective: settings.Settings | None = None) -> str:
+    effective = effective or _settings(args)
     host = "127.0.0.1" if effective.host in {"0.0.0.0", "", "::"} else effective.host
     return f"http://{'[' + host + ']' if ':' in host else host}:{effective.port}{path}"
 
@@ -344,13 +363,74 @@ def _status(args) -> int:
 
 
 def _admin_token(args) -> int:
-    import hashlib
-    import secrets
+    from device.admin import TokenStore, digest, new_token
 
-    token = secrets.token_urlsafe(24)
-    print(f"admin token (shown once; keep it): {token}")
-    print(f"put this line in {settings.CONFIG_FILE} and restart glimpse:")
-    print(f"admin_token_sha256 = {hashlib.sha256(token.encode()).hexdigest()}")
+    if not args.reset:
+        token = new_token()
+        print(f"admin token (shown once; keep it): {token}")
+        print(f"put this line in {settings.CONFIG_FILE} and restart glimpse:")
+        print(f"admin_token_sha256 = {digest(token)}")
+        return 0
+    effective = _settings(args)
+    if effective.admin_token_sha256:
+        raise GlimpseError(f"admin_token_sha256 is set ({effective.sources['admin_token_sha256']}) and wins over "
+                           "a reset token: remove that line, or run glimpse admin-token without --reset "
+                           "and put the new line in its place")
+    store = TokenStore(Path(effective.data_dir))
+    if not Path(effective.data_dir).is_dir():
+        raise GlimpseError(f"{effective.data_dir} is not a Glimpse data directory (no such folder); "
+                           "give the right one with --data-dir")
+    token = store.write_new()
+    print(f"new admin token (shown once; keep it): {token}")
+    print(f"its sha256 is in {store.path}; the old token no longer works")
+    return 0
+
+
+def _config_path(args) -> Path:
+    import os
+
+    return Path(args.config or os.environ.get(settings.ENV_PREFIX + "CONFIG") or settings.CONFIG_FILE)
+
+
+def _backup(args) -> int:
+    from device.backup import backup
+
+    effective = _settings(args)
+    report = backup(Path(effective.data_dir), args.out, config_file=_config_path(args))
+    print(f"{report.path}: {plural(report.photos, 'added photo')}, {plural(report.files, 'file')}, "
+          f"{report.bytes / 1e6:.1f} MB")
+    if report.left_out:
+        print(f"{plural(report.left_out, 'photo')} removed while the backup ran left out")
+    return 0
+
+
+def _restore(args) -> int:
+    import urllib.error
+    import urllib.request
+
+    from device.backup import restore
+
+    import os
+
+    config = _config_path(args)
+    # The configuration file may not exist yet on a new device: the backup brings it.
+    effective = settings.load({s.name: getattr(args, s.name, None) for s in settings.SETTINGS},
+                              env={**os.environ, settings.ENV_PREFIX + "CONFIG": str(config)})
+    url = _daemon_url(args, "/healthz", effective)
+    try:  # the daemon holds the database open: it must not run while it is replaced
+        with urllib.request.urlopen(url, timeout=2):
+            pass
+    except (urllib.error.URLError, OSError):
+        pass
+    else:
+        raise GlimpseError(f"a Glimpse daemon answers at {url}: stop it first (sudo systemctl stop glimpse), "
+                           "then restore and start it again")
+    report = restore(args.archive, Path(effective.data_dir), config_file=config)
+    print(f"restored {plural(report.photos, 'added photo')} ({plural(report.files, 'file')}) into {report.data_dir}")
+    if report.settings:
+        print(f"settings: {report.settings}")
+    if not (report.data_dir / "current").exists():
+        print("no bundle is served yet: push one from the host (glimpse-provision push)")
     return 0
 
 
@@ -421,5 +501,6 @@ def _selftest(args) -> int:
 
 
 _COMMANDS = {"search": _search, "serve": _serve, "config": _config, "reload": _reload, "ingest": _ingest,
-             "status": _status, "admin-token": _admin_token, "verify": _verify, "health": _health,
+             "status": _status, "admin-token": _admin_token, "backup": _backup, "restore": _restore,
+             "verify": _verify, "health": _health,
              "selftest": _selftest, "remove-bundle": _remove_bundle}

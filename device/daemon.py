@@ -26,6 +26,7 @@ import threading
 import time
 from pathlib import Path
 
+from device.admin import AttemptLimiter, TokenStore
 from device.errors import BundleNameInvalid, GlimpseError, PortInUse
 from device.metrics import Metrics
 from device.search import Searcher, SearcherOptions
@@ -66,11 +67,17 @@ class Daemon:
         self.watcher = None
         self._image_encoder = None
         self._encoder_lock = threading.Lock()
+        self._embed_lock = threading.Lock()
         self._stopping = threading.Event()
         #: The results the button, the display and the kiosk page step through.
         self.slideshow = Slideshow()
         #: The front panel while :meth:`serve` runs (``None`` otherwise).
         self.panel = None
+        #: The admin token's hash (and, after a first start, the token until it is used).
+        self.admin = TokenStore(Path(settings.data_dir), settings.admin_token_sha256)
+        self.admin.on_used = lambda: self._tell_panel("token")
+        #: Wrong admin tokens per client address (429 past the limit).
+        self.attempts = AttemptLimiter(settings.admin_max_failures, settings.admin_failure_window)
 
     @property
     def searcher(self) -> Searcher:
@@ -236,6 +243,74 @@ class Daemon:
         log.warning("%s switched back to %s, the bundle being served, so that the next start serves it too",
                     link, serving.name)
 
+    def show_photo(self, image, title: str = "What the camera sees", *, filters=None, source: str = "camera",
+                   k: int | None = None):
+        """Embed a photo that is not in the library and show the photos most like it
+        (the button steps through them, the display and the kiosk page draw them).
+
+        Args:
+            image: a PIL image, upright.
+            title: shown above the results.
+            filters: a :class:`device.search.Filters` (none: the whole library).
+            source: the :class:`~device.slideshow.Slideshow` source.
+            k: how many results (default ``slideshow_results``).
+
+        Returns:
+            The :class:`~device.slideshow.Showing` now on the screen.
+        """
+        results = self.similar_to_photo(image, k=k or self.settings.slideshow_results, filters=filters)
+        return self.slideshow.show(title, results, source)
+
+    def similar_to_photo(self, image, k: int = 10, offset: int = 0, filters=None):
+        """The photos most like ``image`` (a PIL image not in the library), best first.
+
+        Raises:
+            QueryInvalid: bad ``k``/``offset``.
+        """
+        from device.search import Filters, check_page
+
+        k, offset = check_page(k, offset)
+        searcher = self.searcher
+        vector = self.embed_photo(image)
+        results = searcher.search_vector(vector, k, offset, filters or Filters())
+        self.metrics.queries.labels(kind="photo").inc()
+        return results
+
+    def decode_photo(self, data: bytes, name: str = "photo"):
+        """A photo sent to search by, decoded no larger than the image tower needs.
+
+        Raises:
+            ImageUnreadable: not an image, truncated, or a decompression bomb (the reason says which).
+        """
+        from device import images
+
+        size = self._encoder_for_ingest().input_size
+        return images.decode_photo_bytes(data, name, min_side=size).image
+
+    def embed_photo(self, image):
+        """Embed ``image`` with the served model's image tower (loaded on first use)."""
+        # The encoder is shared with the ingest worker; its embed_image takes the lock.
+        return self._encoder_for_ingest().embed_image(image)
+
+    def look(self):
+        """"What is this like?": take a photo with the camera and show the most similar photos.
+
+        Returns:
+            The :class:`~device.slideshow.Showing` now on the screen.
+
+        Raises:
+            CameraUnavailable: there is no camera (or it failed).
+        """
+        panel = self.panel
+        if panel is None or not panel.hardware.has_camera:
+            from device.errors import CameraUnavailable
+
+            raise CameraUnavailable("this device has no camera (setting camera = picamera2, with the camera "
+                                    "module connected and python3-picamera2 installed)")
+        image = panel.hardware.capture()
+        log.info("camera: took a %dx%d photo; searching for photos like it", image.width, image.height)
+        return self.show_photo(image)
+
     def _reload_logged(self) -> None:
         try:
             self.reload()
@@ -280,6 +355,32 @@ class Daemon:
                  len(self.delta), self.ingest_store.counts()["queued"])
         return True
 
+    def first_start_token(self) -> str | None:
+        """On a first start, make the admin token and print it once (to the journal).
+
+        Only when serving ``DATA_DIR/current`` (the appliance's own data directory),
+        ``admin_token_first_start`` is on and no token exists. The token stays on the
+        display and the kiosk until an admin call uses it.
+
+        Returns:
+            The new token, or ``None`` when none was made.
+        """
+        if not self.settings.admin_token_first_start or self.settings.bundle:
+            return None
+        try:
+            token = self.admin.ensure()
+        except OSError as exc:
+            log.warning("no admin token made: cannot write %s: %s; admin calls are accepted from this "
+                        "device only", self.admin.path, exc.strerror)
+            return None
+        if token is not None:
+            # stdout goes to the journal; this is the one time the token is written anywhere.
+            print(f"Glimpse made its admin token (shown once here, and on the screen until first used): {token}",
+                  flush=True)
+            log.info("admin token made; its sha256 is in %s", self.admin.path)
+            self._tell_panel("token")
+        return token
+
     def _encoder_for_ingest(self):
         """The image tower of the model being served, loaded on first use."""
         from device.encoders import EncoderOptions, ImageEncoder
@@ -288,8 +389,8 @@ class Daemon:
             bundle = self.searcher.bundle
             if (self._image_encoder is None
                     or self._image_encoder.spec.embedding_key != bundle.spec.embedding_key):
-                self._image_encoder = ImageEncoder.create_from_options(
-                    EncoderOptions(model_dir=bundle.model_dir, num_threads=1, verify=False))
+                self._image_encoder = _Serialised(ImageEncoder.create_from_options(
+                    EncoderOptions(model_dir=bundle.model_dir, num_threads=1, verify=False)), self._embed_lock)
             return self._image_encoder
 
     def _added(self) -> None:
@@ -409,6 +510,7 @@ class Daemon:
         self.panel.tick()
         self.notifier.ready(f"serving {self.searcher.bundle.id} at {url}")
         print(f"Glimpse is serving {plural(len(self.searcher.bundle), 'photo')} at {url}", flush=True)
+        self.first_start_token()
         status = 0
         last_ping = 0.0
         shown_disk_full = False
@@ -458,6 +560,21 @@ class Daemon:
                 signal.signal(signum, handler)
             log.info("stopped")
         return status
+
+
+class _Serialised:
+    """An image encoder whose ``embed_image`` takes a lock: the ingest worker and
+    photo searches share one interpreter, which is not safe to run twice at once."""
+
+    def __init__(self, encoder, lock: threading.Lock):
+        self._encoder, self._lock = encoder, lock
+
+    def embed_image(self, image):
+        with self._lock:
+            return self._encoder.embed_image(image)
+
+    def __getattr__(self, name):
+        return getattr(self._encoder, name)
 
 
 def _open_panel(daemon: Daemon, wake):

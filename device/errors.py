@@ -73,3 +73,7 @@ class OutputRefused(GlimpseError, ValueError):
 
 class BundleUnreadable(BundleInvalid):
     """This process may not read a bundle's files (owner and mode); the message says how to fix it."""
+
+
+class CameraUnavailable(GlimpseError, RuntimeError):
+    """No camera is configured or found, or it could not take a photo."""

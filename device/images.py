@@ -141,26 +141,55 @@ def open_photo(path: Path, min_side: int | None = None, max_pixels: int = MAX_PI
             or needing more memory to decode than ``max_bytes``.
     """
     path = Path(path)
-    _register_heif()
     budget = decode_budget() if max_bytes is None else max_bytes
     try:
         if path.stat().st_size == 0:
             raise ImageUnreadable(path.name, "empty file")
+    except FileNotFoundError:
+        raise ImageUnreadable(path.name, "no such file") from None
+    except OSError as exc:
+        raise ImageUnreadable(path.name, f"corrupt or truncated ({exc})") from None
+    return _decode(path, path.name, min_side, max_pixels, budget)
+
+
+def decode_photo_bytes(data: bytes, name: str = "photo", min_side: int | None = None,
+                       max_pixels: int = MAX_PIXELS, max_bytes: int | None = None) -> Photo:
+    """Decode a photo held in memory (a phone's camera shot sent to search by), as
+    :func:`open_photo` decodes a file.
+
+    The header is checked first (:func:`check_photo_bytes`), so a decompression bomb
+    is refused before any pixel is decoded.
+
+    Raises:
+        ImageUnreadable: empty, not an image, truncated, corrupt, too large, or needing
+            more memory to decode than ``max_bytes`` (default :func:`decode_budget`).
+    """
+    import io
+
+    budget = decode_budget() if max_bytes is None else max_bytes
+    check_photo_bytes(data, name, max_pixels, max_bytes=budget, min_side=min_side)
+    return _decode(io.BytesIO(data), name, min_side, max_pixels, budget)
+
+
+def _decode(source, name: str, min_side: int | None, max_pixels: int, budget: int) -> Photo:
+    """Decode ``source`` (a path or a binary file object) for :func:`open_photo`."""
+    _register_heif()
+    try:
         with warnings.catch_warnings():
             # Pillow warns past its own limit (89 MP), below ours; the explicit
             # check after opening (before decoding) is the one that counts.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 width, height = img.size
                 if width * height > max_pixels:
-                    raise ImageUnreadable(path.name, f"{width}x{height} pixels is over the limit of {max_pixels}")
+                    raise ImageUnreadable(name, f"{width}x{height} pixels is over the limit of {max_pixels}")
                 img.seek(0)
                 taken = _exif_date(img)
                 orientation = img.getexif().get(0x0112, 1)
                 _draft(img, min_side)
                 cost, factor = decode_cost(img.mode, img.size, min_side, budget)
                 if cost > budget:
-                    raise _over_budget(path.name, img, cost, budget)
+                    raise _over_budget(name, img, cost, budget)
                 img.load()
                 # Reduce before anything copies the frame: the copies are then small.
                 small = _reduced(img, factor)
@@ -171,15 +200,15 @@ def open_photo(path: Path, min_side: int | None = None, max_pixels: int = MAX_PI
     except ImageUnreadable:
         raise
     except FileNotFoundError:
-        raise ImageUnreadable(path.name, "no such file") from None
+        raise ImageUnreadable(name, "no such file") from None
     except UnidentifiedImageError:
-        raise ImageUnreadable(path.name, NOT_AN_IMAGE) from None
+        raise ImageUnreadable(name, NOT_AN_IMAGE) from None
     except Image.DecompressionBombError:
-        raise ImageUnreadable(path.name, "refused as a decompression bomb") from None
+        raise ImageUnreadable(name, "refused as a decompression bomb") from None
     except MemoryError:
-        raise ImageUnreadable(path.name, "out of memory while decoding") from None
+        raise ImageUnreadable(name, "out of memory while decoding") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
-        raise ImageUnreadable(path.name, f"corrupt or truncated ({exc})") from None
+        raise ImageUnreadable(name, f"corrupt or truncated ({exc})") from None
     if orientation in (5, 6, 7, 8):  # rotated by 90 degrees: full size swaps too
         width, height = height, width
     return Photo(image=rgb, width=width, height=height, taken=taken)

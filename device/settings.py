@@ -145,8 +145,19 @@ SETTINGS: tuple[Setting, ...] = (
             minimum=-1.0, maximum=1.0),
     Setting("admin_token_sha256", "", "str",
             "sha256 (hex) of the admin token; admin API calls need `Authorization: Bearer TOKEN`. "
-            "Empty: admin calls are accepted from this device only (any loopback address, 127.0.0.0/8 or ::1); "
-            "once set, every admin call needs the token, from this device too."),
+            "Empty: the token in DATA_DIR/admin-token.sha256 (see admin_token_first_start), and without one "
+            "admin calls are accepted from this device only (any loopback address, 127.0.0.0/8 or ::1); "
+            "once a token is set, every admin call needs it, from this device too."),
+    Setting("admin_token_first_start", True, "bool",
+            "When serving DATA_DIR/current with no admin token (neither admin_token_sha256 nor "
+            "DATA_DIR/admin-token.sha256), the first start makes one: it is printed once to the log and shown "
+            "on the display and the kiosk until the first admin call uses it; only its sha256 is kept. "
+            "`glimpse admin-token --reset` makes a new one. False: no token until you make one."),
+    Setting("admin_max_failures", 5, "int",
+            "Wrong admin tokens a client address may send within admin_failure_window; after that its admin "
+            "calls get 429 with Retry-After until the oldest failure is that old.", minimum=1, maximum=1000),
+    Setting("admin_failure_window", 60.0, "float",
+            "Seconds a wrong admin token counts against its client address.", minimum=1.0, maximum=86400.0),
     Setting("trusted_hosts", "", "str",
             "Other names the appliance is reached by in a browser, separated by commas (e.g. glimpse.home), "
             "besides its IP addresses, localhost and its host name (with .local): a form or script on a "
@@ -163,6 +174,13 @@ SETTINGS: tuple[Setting, ...] = (
             minimum=0.0, maximum=1.0),
     Setting("button_pull_up", True, "bool",
             "The button connects its pin to ground (internal pull-up); false: to 3V3 (pull-down)."),
+    Setting("button_hold", "auto", "str",
+            "What holding the button does: shutdown (run shutdown_command), camera (take a photo and show "
+            "the most similar ones), or auto (camera when there is a camera, else shutdown).",
+            choices=("auto", "shutdown", "camera")),
+    Setting("camera", "none", "str",
+            "Camera for \"What is this like?\": picamera2 (a Raspberry Pi camera module; "
+            "apt install python3-picamera2), or none.", choices=("none", "picamera2")),
     Setting("shutdown_command", "", "str",
             "Command run when the button is held, split like a shell line but run without one, "
             "e.g. `systemctl poweroff` (its program must be found at start-up); "

@@ -14,7 +14,7 @@ import threading
 from typing import Callable
 
 #: Where the results being shown came from.
-SOURCES = ("none", "web", "saved")
+SOURCES = ("none", "web", "saved", "camera")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,7 +25,8 @@ class Showing:
         query: the query whose results these are ("" when nothing was searched).
         results: :class:`device.search.Result` objects, best first.
         position: index of the result in front (0 when there are none).
-        source: ``none``, ``web`` (someone searched) or ``saved`` (the button ran a saved query).
+        source: ``none``, ``web`` (someone searched), ``saved`` (the button ran a saved query) or
+            ``camera`` (photos like what the camera saw, or a photo sent to search by).
         generation: grows by one on every change, so a viewer can tell it is out of date.
     """
 
@@ -73,7 +74,7 @@ class Slideshow:
         Args:
             query: the query they answer.
             results: :class:`device.search.Result` objects, best first.
-            source: ``web`` or ``saved`` (see :data:`SOURCES`).
+            source: ``web``, ``saved`` or ``camera`` (see :data:`SOURCES`).
 
         Raises:
             ValueError: an unknown ``source``.

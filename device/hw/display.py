@@ -42,6 +42,8 @@ class Screen:
         caption: the file name of the result in front, or a message.
         thumb: the thumbnail file of the result in front, or ``None``.
         note: a word in place of the picture when there is none (``Starting``).
+        admin_token: the admin token made by the first start, shown (instead of the
+            result) until an admin call uses it; "" otherwise.
     """
 
     address: str = ""
@@ -52,6 +54,7 @@ class Screen:
     caption: str = ""
     thumb: Path | None = None
     note: str = ""
+    admin_token: str = ""
 
 
 class FrameLimiter:
@@ -177,6 +180,11 @@ def render(screen: Screen, size: tuple[int, int], mode: str = "RGB") -> Image.Im
     top = place.header
     draw.line([(0, top - 1), (width, top - 1)], fill=(80, 80, 80) if color else (255, 255, 255))
 
+    if screen.admin_token:
+        # The first start's token: what the owner needs before anything else, as large as fits.
+        _draw_token(draw, screen.admin_token, top, width, height, place.pixel_font)
+        return image.convert(mode)
+
     left_x, thumb_top, side, _ = place.thumb
     thumb = _thumbnail(screen.thumb, side) if screen.thumb else None
     left = 1
@@ -209,6 +217,25 @@ def render(screen: Screen, size: tuple[int, int], mode: str = "RGB") -> Image.Im
         draw.text((left, y), _fit(draw, text, face, room), font=face, fill=fill)
         y += _height(face) + 2
     return image.convert(mode)
+
+
+def _draw_token(draw: ImageDraw.ImageDraw, token: str, top: int, width: int, height: int, pixel: bool) -> None:
+    """"Admin token" and the token in groups, one line per group when they do not fit on one."""
+    label = _font(max(8, _font_px(height) - 2), pixel)
+    draw.text((1, top + 1), "Admin token:", font=label, fill="white")
+    y = top + _height(label) + 3
+    groups = token.split("-")
+    face = _font(max(8, min(40, (height - y) // max(1, len(groups)) - 2)), pixel)
+    lines = [token] if draw.textlength(token, font=face) <= width - 2 else [
+        "-".join(groups[i:i + 2]) for i in range(0, len(groups), 2)]
+    if any(draw.textlength(line, font=face) > width - 2 for line in lines):
+        lines = groups
+    face = _font(max(8, min(40, (height - y) // len(lines) - 2)), pixel)
+    for line in lines:
+        if y + _height(face) > height:
+            break
+        draw.text((1, y), _fit(draw, line, face, width - 2), font=face, fill="white")
+        y += _height(face) + 2
 
 
 def _font_px(height: int) -> int:

@@ -17,7 +17,7 @@ import shlex
 import shutil
 from typing import Callable
 
-from device.errors import HardwareInvalid
+from device.errors import CameraUnavailable, HardwareInvalid
 from device.hw.display import MODELS, Display, Screen, create_device, parse_i2c_address, parse_size
 
 log = logging.getLogger("glimpse.hw")
@@ -39,6 +39,8 @@ class HardwareOptions:
         shutdown_argv: the command run on a hold, or ``()``.
         saved_queries: the "surprise me" queries (run with :meth:`device.daemon.Daemon.show`, which
             keeps ``slideshow_results`` of each).
+        camera: a model of :data:`device.hw.camera.MODELS`, or ``""``.
+        hold_action: what a hold does: ``shutdown``, ``camera`` or ``auto`` (camera when there is one).
     """
 
     button_pin: str = ""
@@ -57,6 +59,8 @@ class HardwareOptions:
     fps: float = 2.0
     shutdown_argv: tuple[str, ...] = ()
     saved_queries: tuple[str, ...] = ()
+    camera: str = ""
+    hold_action: str = "auto"
 
     @classmethod
     def from_settings(cls, settings) -> "HardwareOptions":
@@ -87,6 +91,7 @@ class HardwareOptions:
             spi_device=settings.display_spi_device, dc_pin=settings.display_dc_pin,
             reset_pin=settings.display_reset_pin, fps=settings.display_fps, shutdown_argv=argv,
             saved_queries=split_queries(settings.saved_queries),
+            camera="" if settings.camera == "none" else settings.camera, hold_action=settings.button_hold,
         )
 
 
@@ -106,6 +111,7 @@ class Hardware:
     has_button = False
     has_light = False
     has_display = False
+    has_camera = False
 
     def light(self, state: str) -> None:
         """Show ``state`` (see :mod:`device.hw.light`) on the status light, if any."""
@@ -116,6 +122,15 @@ class Hardware:
     def poll(self) -> float | None:
         """Do due work (a rate-limited redraw); return seconds until more is due, or ``None``."""
         return None
+
+    def capture(self):
+        """Take a photo with the camera: a PIL image.
+
+        Raises:
+            CameraUnavailable: there is no camera, or it failed.
+        """
+        raise CameraUnavailable("this device has no camera (setting camera = picamera2, with the camera "
+                                "module connected and python3-picamera2 installed)")
 
     def describe(self) -> dict:
         """The parts found, for ``/api/status``."""
@@ -133,13 +148,20 @@ class GpioHardware(Hardware):
     """Real parts: any of a :class:`~device.hw.button.FrontButton`, a
     :class:`~device.hw.light.StatusLight` and a :class:`~device.hw.display.Display`."""
 
-    def __init__(self, button=None, status_light=None, display: Display | None = None):
+    def __init__(self, button=None, status_light=None, display: Display | None = None, camera=None):
         self.button = button
         self.status_light = status_light
         self.display = display
+        self.camera = camera
         self.has_button = button is not None
         self.has_light = status_light is not None
         self.has_display = display is not None
+        self.has_camera = camera is not None
+
+    def capture(self):
+        if self.camera is None:
+            return super().capture()
+        return self.camera.capture()
 
     def light(self, state: str) -> None:
         if self.status_light is not None:
@@ -160,11 +182,13 @@ class GpioHardware(Hardware):
             found["light"] = ",".join(self.status_light.pins)
         if self.display is not None:
             found["display"] = self.display.name
+        if self.camera is not None:
+            found["camera"] = self.camera.name
         return found
 
     def close(self, screen: Screen | None = None) -> None:
         for part, closing in ((self.status_light, lambda p: p.close()), (self.button, lambda p: p.close()),
-                              (self.display, lambda p: p.close(screen))):
+                              (self.display, lambda p: p.close(screen)), (self.camera, lambda p: p.close())):
             if part is None:
                 continue
             try:
@@ -174,7 +198,7 @@ class GpioHardware(Hardware):
 
 
 def open_hardware(options: HardwareOptions, on_event: Callable[[str], None], *, pin_factory=None,
-                  display_device=None, clock=None) -> Hardware:
+                  display_device=None, clock=None, camera_device=None) -> Hardware:
     """Build the front panel from ``options``; log one line about what is missing.
 
     Args:
@@ -185,6 +209,8 @@ def open_hardware(options: HardwareOptions, on_event: Callable[[str], None], *, 
         display_device: a luma device to use instead of opening ``options.display``
             (tests pass ``luma.core.device.dummy``).
         clock: monotonic clock for the display's frame limiter (tests inject one).
+        camera_device: a camera to use instead of opening ``options.camera``
+            (tests pass a :class:`~device.hw.camera.MockCamera`).
 
     Raises:
         HardwareInvalid: gpiozero does not know a configured pin name.
@@ -205,14 +231,31 @@ def open_hardware(options: HardwareOptions, on_event: Callable[[str], None], *, 
         display = _display(options, display_device, clock, absent)
     else:
         missing.append("no display (display is none)")
+    camera = camera_device
+    if camera is None and options.camera:
+        camera = _camera(options, absent)
     if missing or absent:
         # One line says what the front panel did not find; a warning if it was configured.
         parts = absent + missing
         log.log(logging.WARNING if absent else logging.INFO, "front panel: %s; serving without %s",
                 ", ".join(parts), "them" if len(parts) > 1 else "it")
-    if button is None and status_light is None and display is None:
+    if button is None and status_light is None and display is None and camera is None:
         return NullHardware()
-    return GpioHardware(button, status_light, display)
+    return GpioHardware(button, status_light, display, camera)
+
+
+def _camera(options, absent: list[str]):
+    """The configured camera, or ``None`` with the reason added to ``absent``."""
+    from device.hw.camera import PiCamera
+
+    try:
+        return PiCamera()
+    except ImportError:
+        absent.append("no camera (picamera2 is not installed: sudo apt install python3-picamera2, and create "
+                      "the venv with --system-site-packages)")
+    except Exception as exc:  # libcamera: RuntimeError, IndexError when no camera is connected
+        absent.append(f"no camera ({type(exc).__name__}: {exc})")
+    return None
 
 
 def _button(options, on_event, pin_factory):

@@ -3,7 +3,9 @@
 * A **short press** shows the next result of the last web search; once those are
   used up, or when nobody has searched, it runs the next saved query ("surprise
   me", cycling through ``saved_queries``) and shows its best match.
-* A **hold** (``button_hold_time``) runs ``shutdown_command``, when one is set.
+* A **hold** (``button_hold_time``) takes a photo with the camera and shows the
+  photos most like it ("What is this like?") when there is a camera (``button_hold``
+  auto or camera); otherwise it runs ``shutdown_command``, when one is set.
 * The **light** shows ``starting`` until the bundle is served, then ``ready``;
   ``searching`` for a moment after every search; ``error`` after a failure
   until the next success (patterns in :mod:`device.hw.light`).
@@ -20,6 +22,7 @@ import logging
 import queue
 import socket
 import subprocess
+import threading
 import time
 from typing import Callable
 
@@ -40,6 +43,7 @@ READY = "ready"      # serving (after start-up or a reload)
 ERROR = "error"      # something failed (a reload was refused)
 DISK_FULL = "disk full"  # the data directory's disk is full: adding photos waits
 DISK_OK = "disk ok"      # space returned
+TOKEN = "token"      # the first-start admin token appeared or stopped being shown
 
 
 class Panel:
@@ -73,6 +77,7 @@ class Panel:
         self._flash_until: float | None = None
         self._next_saved = 0
         self._shutdown: subprocess.Popen | None = None
+        self._looking: threading.Thread | None = None
         self._dirty = True
         self._note = "Starting"
         #: What the panel did, newest last (for logs and tests): ``("advanced", 2)``,
@@ -86,7 +91,7 @@ class Panel:
 
     def post(self, event: str) -> None:
         """Queue ``event`` (``press``, ``hold``, ``changed``, ``ready``, ``error``, ``disk full``,
-        ``disk ok``) for the main loop."""
+        ``disk ok``, ``token``) for the main loop."""
         self._events.put(event)
         self._wake()
 
@@ -168,13 +173,15 @@ class Panel:
                 self._note = ""
                 self._set_base("ready")
                 self._dirty = True
+        elif event == TOKEN:
+            self._dirty = True
         else:
             raise ValueError(f"unknown panel event {event!r}")
 
     def _press(self) -> None:
         slideshow = self.daemon.slideshow
         showing = slideshow.snapshot()
-        if showing.source == "web" and not showing.at_last:
+        if showing.source in ("web", "camera") and not showing.at_last:
             state = slideshow.advance()
             self._record("advanced", state.position)
         elif self.options.saved_queries:
@@ -202,6 +209,10 @@ class Panel:
         self._set_base("ready")
 
     def _hold(self) -> None:
+        action = self.options.hold_action
+        if action == "camera" or (action == "auto" and self.hardware.has_camera):
+            self._look()
+            return
         argv = self.options.shutdown_argv
         if not argv:
             self._record("hold-ignored")
@@ -222,6 +233,30 @@ class Panel:
         self._note = "Shutting down"
         self._set_base("off")
         self._dirty = True
+
+    def _look(self) -> None:
+        """"What is this like?": the photo, its embedding and the search take about a second
+        on a Pi, so they run beside the main loop, which keeps pinging the watchdog."""
+        if self._looking is not None and self._looking.is_alive():
+            return  # a photo is being taken already
+        self._flash()
+
+        def look():
+            try:
+                showing = self.daemon.look()
+            except GlimpseError as exc:
+                log.error("button held: %s", exc)
+                self._record("failed", "camera")
+                self._events.put(ERROR)
+            except Exception:  # noqa: BLE001 - a camera fault must not end the daemon
+                log.exception("button held: taking a photo failed")
+                self._record("failed", "camera")
+                self._events.put(ERROR)
+            else:
+                self._record("looked", len(showing.results))
+            self._wake()
+        self._looking = threading.Thread(target=look, name="camera", daemon=True)
+        self._looking.start()
 
     def _check_shutdown(self) -> float | None:
         code = self._shutdown.poll()
@@ -274,6 +309,7 @@ class Panel:
             items=len(bundle) if bundle else 0, query=showing.query,
             position=f"{showing.position + 1}/{len(showing.results)}" if current else "",
             caption=current.item.name if current else hint, thumb=thumb, note=self._note,
+            admin_token=getattr(self.daemon.admin, "first_token", None) or "",
         )
 
 

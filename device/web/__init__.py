@@ -18,21 +18,23 @@ through the browser of someone on the LAN, or the kiosk's own browser.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import ipaddress
 import logging
+import math
 import re
 import secrets
 import socket
 import time
+import typing
 from urllib.parse import quote, urlencode, urlsplit
 
 from flask import Flask, Response, abort, g, jsonify, redirect, render_template, request, send_file, url_for
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, TooManyRequests
 
 from device import __version__
-from device.errors import BundleInvalid, BundleNameInvalid, GlimpseError, ItemNotFound, QueryInvalid
+from device.errors import (BundleInvalid, BundleNameInvalid, CameraUnavailable, GlimpseError, ImageUnreadable,
+                           ItemNotFound, QueryInvalid)
 from device.search import Filters, Result, check_page
 from device.wording import plural
 
@@ -72,8 +74,9 @@ def create_app(daemon) -> Flask:
     @app.context_processor
     def _globals():
         return {"ingest_on": daemon.ingest_store is not None, "csrf_token": _csrf_token,
-                "needs_token": bool(settings.admin_token_sha256),
-                "can_show": bool(settings.admin_token_sha256) or _is_local(request.remote_addr),
+                "needs_token": _token_needed(daemon),
+                "can_show": bool(daemon.admin.expected()) or _is_local(request.remote_addr),
+                "has_camera": daemon.panel is not None and daemon.panel.hardware.has_camera,
                 "plural": plural}
 
     @app.template_filter("urlencode_page")
@@ -261,6 +264,13 @@ def create_app(daemon) -> Flask:
             return results, 202
         return results, 507 if "disk_full" in causes else 503 if "busy" in causes else 400
 
+    def _with_retry_after(page, refusal):
+        """``page`` (a body and status) with ``Retry-After`` when ``refusal`` says to wait."""
+        response = app.make_response(page)
+        if refusal.retry_after is not None:
+            response.headers["Retry-After"] = str(refusal.retry_after)
+        return response
+
     def _add_page(results=None, error=None, status=200):
         return render_template("add.html", counts=_store().counts(), results=results, error=error,
                                max_mb=settings.max_upload_mb, bundle=g.searcher.bundle, version=__version__,
@@ -273,9 +283,10 @@ def create_app(daemon) -> Flask:
     @app.post("/add")
     def add_form():
         _store()
-        refusal = _admin_refusal(settings)
+        refusal = _admin_refusal(daemon)
         if refusal:  # the page again, saying why, with the token field (the browser cannot keep the files)
-            return _add_page(error=refusal[1] + ": choose the photos again", status=refusal[0])
+            return _with_retry_after(_add_page(error=refusal.reason + ": choose the photos again",
+                                               status=refusal.status), refusal)
         results, status = _upload(request.files.getlist("files"))
         response = Response(*_add_page(results=results, status=status))
         if status == 503:
@@ -284,7 +295,7 @@ def create_app(daemon) -> Flask:
 
     @app.post("/api/admin/upload")
     def api_upload():
-        _require_admin(settings)
+        _require_admin(daemon)
         results, status = _upload(request.files.getlist("files"))
         if status == 202:
             return jsonify(results), 202
@@ -299,10 +310,64 @@ def create_app(daemon) -> Flask:
 
     @app.delete("/api/admin/items/<item_id>")
     def api_remove(item_id: str):
-        _require_admin(settings)
+        _require_admin(daemon)
         _store().remove(item_id)
         daemon.delta.refresh()
         return jsonify({"removed": item_id})
+
+    # --- "What is this like?": a photo from a phone's camera, or the device's own ----------
+
+    def _sent_photo():
+        """The photo of the request's ``photo`` field, decoded (never stored).
+
+        Raises:
+            QueryInvalid: no photo was sent.
+            ImageUnreadable: it is not a photo Glimpse can read (a 400 with the reason).
+        """
+        upload = request.files.get("photo")
+        if upload is None:
+            raise QueryInvalid("no photo: send it as the multipart form field 'photo'")
+        data = upload.read()
+        return daemon.decode_photo(data, upload.filename or "photo")
+
+    @app.post("/api/search/photo")
+    def api_search_photo():
+        k, offset = _api_page()
+        results = daemon.similar_to_photo(_sent_photo(), k=k, offset=offset, filters=_filters())
+        return jsonify([r.to_json() for r in results])
+
+    @app.post("/photo")
+    def photo_search():
+        """The search-by-photo form (a phone's camera): a results page; the photo is not kept."""
+        searcher = g.searcher
+        error, results, status = None, [], 200
+        try:
+            results = daemon.similar_to_photo(_sent_photo(), k=settings.page_size)
+        except (QueryInvalid, ImageUnreadable) as exc:
+            error, status = (exc.reason if isinstance(exc, ImageUnreadable) else str(exc)), 400
+        return render_template("index.html", results=results, error=error, page=0, more=False, filters=Filters(),
+                               folders=searcher.folders(), bundle=searcher.bundle, version=__version__,
+                               args=request.args, query="", browse=[], photo_search=True), status
+
+    def _look() -> dict:
+        try:
+            showing = daemon.look()
+        except CameraUnavailable as exc:
+            abort(409, description=str(exc))
+        return {"query": showing.query, "count": len(showing.results), "generation": showing.generation}
+
+    @app.post("/api/admin/camera")
+    def api_camera():
+        _require_admin(daemon)
+        return jsonify(_look())
+
+    @app.post("/camera")
+    def camera_form():
+        """The "What is this like?" button of the device's camera: a page saying what the screen shows."""
+        refusal = _admin_refusal(daemon)
+        if refusal:
+            return _with_retry_after(_error_page(refusal.status, refusal.reason), refusal)
+        return render_template("shown.html", shown=_look(), back=url_for("index"), version=__version__, query="")
 
     # --- JSON API (docs/openapi.json) -------------------------------------------------
 
@@ -385,7 +450,7 @@ def create_app(daemon) -> Flask:
         except ValueError:
             position = showing.position
         state = {"generation": showing.generation, "query": showing.query, "title": title, "position": position,
-                 "kind": kind, "interval": interval, "slides": slides}
+                 "kind": kind, "interval": interval, "slides": slides, "admin_token": _screen_token()}
         next_url = url_for("kiosk", i=(position + 1) % max(1, len(slides)), interval=request.args.get("interval"))
         return render_template("kiosk.html", state=state, slide=slides[position] if slides else None,
                                error=error, bundle=searcher.bundle, next_url=next_url,
@@ -396,7 +461,14 @@ def create_app(daemon) -> Flask:
         showing = daemon.slideshow.snapshot()
         slides, kind, title = _slides(g.searcher, showing)
         return jsonify({"generation": showing.generation, "query": showing.query, "title": title,
-                        "position": showing.position, "source": showing.source, "kind": kind, "slides": slides})
+                        "position": showing.position, "source": showing.source, "kind": kind, "slides": slides,
+                        "admin_token": _screen_token()})
+
+    def _screen_token() -> str | None:
+        """The first start's admin token, for the kiosk's own screen: only to this device
+        (the kiosk browser runs on it), never to another machine on the network."""
+        token = daemon.admin.first_token
+        return token if token and _is_local(request.remote_addr) else None
 
     # --- "Show on the screen": an admin puts results or a photo on the device ---------
 
@@ -426,7 +498,7 @@ def create_app(daemon) -> Flask:
 
     @app.post("/api/admin/show")
     def api_show():
-        _require_admin(settings)
+        _require_admin(daemon)
         body = request.get_json(silent=True) if request.data else None
         if not isinstance(body, dict):
             raise QueryInvalid("the body must be a JSON object, e.g. {\"q\": \"a cat\"}")
@@ -435,9 +507,9 @@ def create_app(daemon) -> Flask:
     @app.post("/show")
     def show_form():
         """The no-JavaScript "Show on the screen" button: a page saying what the screen shows."""
-        refusal = _admin_refusal(settings)
+        refusal = _admin_refusal(daemon)
         if refusal:
-            return _error_page(refusal[0], refusal[1])
+            return _with_retry_after(_error_page(refusal.status, refusal.reason), refusal)
         fields = request.form.to_dict(flat=True)
         for checked in (CSRF_FIELD, "token"):  # checked already, not part of what to show
             fields.pop(checked, None)
@@ -458,7 +530,7 @@ def create_app(daemon) -> Flask:
 
     @app.post("/api/admin/reload")
     def api_reload():
-        _require_admin(settings)
+        _require_admin(daemon)
         body = request.get_json(silent=True) if request.data else {}
         if not isinstance(body, dict):
             raise QueryInvalid("the body must be a JSON object, e.g. {\"bundle\": \"NAME\"}")
@@ -541,7 +613,9 @@ ERROR_TITLES = {
     403: "Not allowed from here",
     404: "Not found",
     405: "Not allowed",
+    409: "Not possible now",
     413: "Too large",
+    429: "Too many wrong tokens",
     500: "Something went wrong",
     503: "Busy",
 }
@@ -670,39 +744,84 @@ def _check_forgery(settings) -> None:
                                f"or the header {CLIENT_HEADER}")
 
 
-def _require_admin(settings) -> None:
-    """Admin calls need the token (when one is set) or come from this device.
+class Refusal(typing.NamedTuple):
+    """Why a request may not make admin calls: the status, the reason, and for a
+    429 the seconds to wait (``Retry-After``)."""
 
-    When a token is set, every admin call needs it, from this device too: a
-    process of any user on the device can reach loopback. Without one, only this
-    device (a loopback address, :func:`_is_local`) may make admin calls.
+    status: int
+    reason: str
+    retry_after: int | None = None
+
+
+def _require_admin(daemon) -> None:
+    """Admin calls need the admin token, or come from this device.
+
+    A token set in the configuration (``admin_token_sha256``) is needed by every
+    admin call, from this device too: a process of any user on the device can
+    reach loopback. The token the first start made (``DATA_DIR/admin-token.sha256``,
+    :mod:`device.admin`) opens admin calls to the network; calls from this device
+    (a loopback address, :func:`_is_local`) are accepted without it, as before
+    there was one, so ``glimpse reload`` and ``push`` on the device keep working.
+    With no token at all, only this device may make admin calls.
 
     The token comes as ``Authorization: Bearer TOKEN`` or, from a no-JavaScript
-    form, as a ``token`` field; only its sha256 is stored in the settings.
+    form, as a ``token`` field; only its sha256 is stored.
 
     Raises:
-        Unauthorized: a token is set and the request lacks it (401).
-        Forbidden: no token is set and the request is not from this device (403).
+        Unauthorized: the token is needed and missing or wrong (401).
+        Forbidden: no token exists and the request is not from this device (403).
+        TooManyRequests: this address sent too many wrong tokens lately (429, ``Retry-After``).
     """
-    refusal = _admin_refusal(settings)
+    refusal = _admin_refusal(daemon)
     if refusal:
-        abort(refusal[0], description=refusal[1])
+        if refusal.status == 429:
+            raise TooManyRequests(description=refusal.reason, retry_after=refusal.retry_after)
+        abort(refusal.status, description=refusal.reason)
 
 
-def _admin_refusal(settings) -> tuple[int, str] | None:
-    """Why this request may not make admin calls, as (status, reason); ``None`` when it may."""
-    expected = settings.admin_token_sha256
-    if expected:
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        token = token.strip() if scheme.lower() == "bearer" else ""  # schemes are case-insensitive
-        if not token and request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
-            token = request.form.get("token", "")
-        digest = hashlib.sha256(token.encode()).hexdigest()
-        if not token:
-            return 401, "admin calls need Authorization: Bearer TOKEN (the admin token)"
-        if not hmac.compare_digest(digest, expected.lower()):
-            return 401, "wrong admin token: admin calls need Authorization: Bearer TOKEN (the admin token)"
-    elif not _is_local(request.remote_addr):
-        return 403, ("admin calls are accepted from this device only; to allow them from the network, "
-                     "set an admin token (glimpse admin-token prints the admin_token_sha256 line)")
+def _sent_token() -> str:
+    """The admin token the request carries ("" for none)."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    token = token.strip() if scheme.lower() == "bearer" else ""  # schemes are case-insensitive
+    if not token and request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        token = request.form.get("token", "")
+    return token
+
+
+def _token_needed(daemon) -> bool:
+    """Whether this request needs the admin token (see :func:`_require_admin`)."""
+    if not daemon.admin.expected():
+        return False
+    return daemon.admin.strict or not _is_local(request.remote_addr)
+
+
+def _admin_refusal(daemon) -> Refusal | None:
+    """Why this request may not make admin calls; ``None`` when it may.
+
+    A wrong or missing token, where one is needed, counts as a failure of the
+    client's address; past ``admin_max_failures`` the address waits (429) before
+    any further attempt, right or wrong, is looked at.
+    """
+    expected = daemon.admin.expected()
+    token = _sent_token()
+    if not _token_needed(daemon):
+        if expected and token:
+            daemon.admin.check(token)  # the right token, used from this device, ends showing it
+        if expected or _is_local(request.remote_addr):
+            return None
+        return Refusal(403, "admin calls are accepted from this device only; to allow them from the network, "
+                            "make an admin token (glimpse admin-token --reset, or an admin_token_sha256 "
+                            "line from glimpse admin-token in the configuration)")
+    client = request.remote_addr or "unknown"
+    wait = daemon.attempts.retry_after(client)
+    if wait > 0:
+        seconds = math.ceil(wait)
+        return Refusal(429, f"too many wrong admin tokens from {client}; try again in {seconds} s", seconds)
+    if not token:
+        daemon.attempts.failed(client)
+        return Refusal(401, "admin calls need Authorization: Bearer TOKEN (the admin token)")
+    if not daemon.admin.check(token):
+        daemon.attempts.failed(client)
+        return Refusal(401, "wrong admin token: admin calls need Authorization: Bearer TOKEN (the admin token)")
+    daemon.attempts.succeeded(client)
     return None

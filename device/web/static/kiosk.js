@@ -44,6 +44,11 @@
 
   function sync() {
     fetch(root + "api/kiosk").then(function (response) { return response.json(); }).then(function (body) {
+      var tokenBox = document.getElementById("admin-token");
+      if (tokenBox) {  // the first start's admin token, until an admin call uses it
+        tokenBox.hidden = !body.admin_token;
+        document.getElementById("admin-token-value").textContent = body.admin_token || "";
+      }
       if (body.generation === generation || !body.slides.length || !photo) { return; }
       generation = body.generation;
       slides = body.slides;
