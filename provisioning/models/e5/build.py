@@ -44,6 +44,14 @@ def token_arrays(tok, texts: list[str], max_tokens: int = MAX_TOKENS) -> list[tu
     return out
 
 
+def _by_script(cosines) -> dict:
+    out, at = {}, 0
+    for script, texts in samples.PARITY_TEXTS.items():
+        out[script] = round(float(min(cosines[at:at + len(texts)])), 6)
+        at += len(texts)
+    return out
+
+
 def build(out_dir: Path, variant: str = "full", quantization: str = "int8", log=print) -> dict:
     """Convert the bundled ``variant`` to ``.tflite`` in ``out_dir`` and check parity.
 
@@ -100,11 +108,57 @@ def build(out_dir: Path, variant: str = "full", quantization: str = "int8", log=
             "torch_vs_engine_min_cosine": round(float(convert.cosine_rows(ref, engine).min()), 6),
             "tflite_vs_torch_min_cosine": round(float(convert.cosine_rows(lite, ref).min()), 6),
             "tflite_vs_engine_min_cosine": round(float(convert.cosine_rows(lite, engine).min()), 6),
+            "torch_vs_engine_min_cosine_by_script": _by_script(convert.cosine_rows(ref, engine)),
         },
     }
     (out_dir / META_FILE).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     log(json.dumps(doc["parity"]))
     return doc
+
+
+def probe_model_dir(text_dir: Path, image_model_dir: Path, out_dir: Path) -> Path:
+    """A model directory that lets the device's ``TextEncoder`` load a tower from :func:`build`.
+
+    The text tower, tokenizer and reference (texts and their PyTorch embeddings
+    only) of ``text_dir`` beside a copy of the image
+    tower of ``image_model_dir``. The two towers are not in one space, so the
+    result is for checking and timing the text path only; ``model.json`` says so.
+
+    Returns:
+        ``out_dir``.
+    """
+    import shutil
+
+    from device.model import ImageTowerSpec, ModelSpec, TextTowerSpec, read_spec, sha256_file, write_spec
+
+    text_dir, out_dir = Path(text_dir), Path(out_dir)
+    meta = json.loads((text_dir / META_FILE).read_text(encoding="utf-8"))
+    image_spec = read_spec(image_model_dir, verify=False)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text_file = TEXT_FILE.format(quantization=meta["quantization"])
+    sources = {name: text_dir / name for name in (text_file, TOKENIZER_FILE, REFERENCE_FILE)}
+    sources[image_spec.image.file] = Path(image_model_dir) / image_spec.image.file
+    for name, source in sources.items():
+        target = out_dir / name
+        target.unlink(missing_ok=True)
+        if source.parent == text_dir:  # our own build output: link the large files
+            try:
+                target.hardlink_to(source)
+                continue
+            except OSError:  # another file system
+                pass
+        shutil.copyfile(source, target)
+    spec = ModelSpec(
+        id=f"e5-{meta['variant']}-text-probe", version="0", dim=meta["dim"], distance="cosine",
+        quantization=meta["quantization"],
+        text=TextTowerSpec(file=text_file, tokenizer=TOKENIZER_FILE, max_tokens=meta["max_tokens"]),
+        image=ImageTowerSpec(file=image_spec.image.file, size=image_spec.image.size),
+        files={name: sha256_file(out_dir / name) for name in sources},
+        extra={"purpose": f"text tower checks only: the image tower is {image_spec.full_id}'s, "
+                          "not in e5's space"},
+    )
+    write_spec(out_dir, spec)
+    return out_dir
 
 
 def main(argv: list[str] | None = None) -> int:
