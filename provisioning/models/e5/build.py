@@ -7,7 +7,8 @@ output; its ``tokenizer.json`` carries e5's ``query: `` prefix and ``<pad>``.
 
     python -m provisioning.models.e5.build OUT_DIR [--variant full|enpt] [--quantization int8|float32]
 
-writes ``OUT_DIR/text_<q>.tflite``, ``tokenizer.json``, ``reference.npz`` (the
+writes ``OUT_DIR/text_<q>.tflite``, ``tokenizer.json``, ``tokenizer.model`` (the same
+vocabulary for SentencePiece, see ``tokenizer.sentencepiece_model``), ``reference.npz`` (the
 parity texts' PyTorch embeddings) and ``e5.json`` (source, sha256 and parity
 figures). It does not make a model directory: pairing the tower with an image
 tower in its space is the lead's integration.
@@ -27,6 +28,7 @@ from provisioning.models.e5 import packed, reference, samples, tokenizer, tower
 MAX_TOKENS = 64
 TEXT_FILE = "text_{quantization}.tflite"
 TOKENIZER_FILE = "tokenizer.json"
+SENTENCEPIECE_FILE = "tokenizer.model"
 REFERENCE_FILE = "reference.npz"
 META_FILE = "e5.json"
 VARIANTS = ("full", "enpt")
@@ -76,6 +78,7 @@ def build(out_dir: Path, variant: str = "full", quantization: str = "int8", log=
     source = packed.bundled_path(variant)
     model = packed.read_packed(source)
     tokenizer.save_tokenizer(model.vocab, out_dir / TOKENIZER_FILE)
+    (out_dir / SENTENCEPIECE_FILE).write_bytes(tokenizer.sentencepiece_model(model.vocab))
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(out_dir / TOKENIZER_FILE))
@@ -102,7 +105,8 @@ def build(out_dir: Path, variant: str = "full", quantization: str = "int8", log=
         "max_tokens": MAX_TOKENS,
         "dim": model.config.hidden,
         "query_prefix": tokenizer.QUERY_PREFIX,
-        "files": {name: sha256_file(out_dir / name) for name in (text_file, TOKENIZER_FILE, REFERENCE_FILE)},
+        "files": {name: sha256_file(out_dir / name)
+                  for name in (text_file, TOKENIZER_FILE, SENTENCEPIECE_FILE, REFERENCE_FILE)},
         "parity": {
             "texts": len(texts),
             "torch_vs_engine_min_cosine": round(float(convert.cosine_rows(ref, engine).min()), 6),
