@@ -147,6 +147,7 @@ def fit_e5_to_minilm(texts: list[str] | None = None, variant: str = "full", log=
     source = tower.embed(tower.load_text_tower(model), tokenizer.build_tokenizer(model.vocab), texts)
     del model
     log("embedding them with MiniLM")
+    # MiniLM's own helper pads to max_tokens; the texts are short, so that costs little.
     target = default_model.embed_texts(default_model.load_text_tower(),
                                        default_model.load_tokenizer(default_model.RECIPE["max_tokens"]), texts)
     alpha, scores = choose_alpha(source, target)

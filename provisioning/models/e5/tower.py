@@ -103,11 +103,17 @@ def embed(tower, tokenizer, texts: list[str], batch: int = 32) -> np.ndarray:
     """
     import torch
 
-    out = []
+    # Batches of similar length: padding a batch to its longest text is where the time goes.
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = np.zeros((len(texts), 0), np.float32)
     with torch.no_grad():
         for start in range(0, len(texts), batch):
-            encodings = tokenizer.encode_batch(texts[start:start + batch])
+            chosen = order[start:start + batch]
+            encodings = tokenizer.encode_batch([texts[i] for i in chosen])
             ids = torch.tensor([e.ids for e in encodings], dtype=torch.int32)
             mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.int32)
-            out.append(tower(ids, mask).numpy())
-    return np.concatenate(out).astype(np.float32)
+            vectors = tower(ids, mask).numpy()
+            if out.shape[1] == 0:
+                out = np.zeros((len(texts), vectors.shape[1]), np.float32)
+            out[chosen] = vectors
+    return out
