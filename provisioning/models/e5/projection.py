@@ -52,7 +52,7 @@ class Projection:
 
     def save(self, path: Path) -> Path:
         """Write ``weight``, ``bias`` and ``alpha`` to an ``.npz`` at ``path``."""
-        np.savez(path, weight=self.weight, bias=self.bias, alpha=np.float32(self.alpha))
+        np.savez(path, weight=self.weight, bias=self.bias, alpha=np.float64(self.alpha))
         return Path(path)
 
     @classmethod
