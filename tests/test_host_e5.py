@@ -147,3 +147,22 @@ def test_ridge_recovers_an_affine_map_and_round_trips(tmp_path):
     assert np.linalg.norm(projection.fit_ridge(x, x @ weight, alpha=1e4).weight) < np.linalg.norm(weight) / 2
     with pytest.raises(ValueError, match="same number"):
         projection.fit_ridge(x, x[:10], alpha=1.0)
+
+
+def test_projection_fitted_on_english_carries_other_languages_into_minilm(torch_tower, full_tokenizer):
+    from provisioning import default_model
+    from provisioning.models.e5 import projection
+
+    # Every 8th English training text (about 2000) keeps the test short; the full fit is in bench/RESULTS.md.
+    fitted, report = projection.fit_e5_to_minilm(projection.english_texts()[::8], log=lambda *_: None)
+    assert report["bytes"] == (384 * 384 + 384) * 4
+    minilm, minilm_tok = default_model.load_text_tower(), default_model.load_tokenizer(64)
+    english = list(samples.TRANSLATIONS)
+    anchors = default_model.embed_texts(minilm, minilm_tok, english)
+    foreign = [samples.TRANSLATIONS[e][lang] for lang in ("es", "de", "ru", "zh") for e in english]
+    right = np.tile(np.arange(len(english)), 4)
+    mapped = fitted(tower.embed(torch_tower, full_tokenizer, foreign))
+    direct = default_model.embed_texts(minilm, minilm_tok, foreign)
+    hits_mapped = (np.argmax(mapped @ anchors.T, axis=1) == right).mean()
+    hits_direct = (np.argmax(direct @ anchors.T, axis=1) == right).mean()
+    assert hits_mapped >= 0.6 and hits_mapped > hits_direct + 0.2, (hits_mapped, hits_direct)
