@@ -38,6 +38,7 @@ SEARCH_FLASH_SECONDS = 0.4
 CHANGED = "changed"  # the slideshow changed (from any thread)
 READY = "ready"      # serving (after start-up or a reload)
 ERROR = "error"      # something failed (a reload was refused)
+SURPRISE = "surprise"  # run the next saved query (Home Assistant's "Surprise me" button)
 
 
 class Panel:
@@ -83,7 +84,7 @@ class Panel:
     # --- from any thread ---------------------------------------------------------------
 
     def post(self, event: str) -> None:
-        """Queue ``event`` (``press``, ``hold``, ``changed``, ``ready``, ``error``) for the main loop."""
+        """Queue ``event`` (``press``, ``hold``, ``changed``, ``ready``, ``error``, ``surprise``) for the main loop."""
         self._events.put(event)
         self._wake()
 
@@ -156,6 +157,12 @@ class Panel:
             self._dirty = True
         elif event == ERROR:
             self._set_base("error")
+        elif event == SURPRISE:
+            if self.options.saved_queries:
+                self._run_saved()
+            else:
+                self._record("nothing")
+                log.info("surprise asked for: saved_queries is empty")
         else:
             raise ValueError(f"unknown panel event {event!r}")
 

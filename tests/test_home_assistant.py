@@ -1,0 +1,281 @@
+"""The Home Assistant bridge against a real broker: Debian's mosquitto on loopback, started here.
+
+The daemon runs as systemd runs it (``glimpse serve`` in a subprocess); a paho
+client in the test plays Home Assistant: it reads the discovery configs, writes
+a query to the text entity, presses the button, and watches availability while
+the broker goes away and comes back and when the daemon dies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from conftest import REPO, free_port, run_cli
+
+paho = pytest.importorskip("paho.mqtt.client", reason="pip install 'glimpse[lan]'")
+
+USER, PASSWORD = "homeassistant", "s3cret-Pa55word-never-logged"
+NODE = "test_glimpse"
+BASE = f"glimpse/{NODE}"
+
+
+class Mosquitto:
+    """Debian's mosquitto on 127.0.0.1:``port`` with its own configuration, password file and no persistence."""
+
+    def __init__(self, tmp_path, port: int):
+        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        if not os.path.exists(binary):
+            pytest.fail("mosquitto is missing: `make system-deps` installs Debian's mosquitto")
+        self.binary, self.port, self.dir = binary, port, tmp_path / "mosquitto"
+        self.dir.mkdir(exist_ok=True)
+        passwords = self.dir / "passwords"
+        subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), USER, PASSWORD], check=True,
+                       capture_output=True, timeout=30)
+        passwords.chmod(0o600)
+        self.conf = self.dir / "mosquitto.conf"
+        # As root, `user root` keeps mosquitto from switching to a user that cannot read tmp_path.
+        # No persistence: a restarted broker has lost every retained message.
+        self.conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {passwords}\n"
+                             f"persistence false\nlog_dest stderr\n" + ("user root\n" if os.geteuid() == 0 else ""))
+        self.proc = None
+
+    def start(self) -> None:
+        self.log = open(self.dir / "log", "ab")
+        self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=self.log, stderr=self.log)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"mosquitto exited: {(self.dir / 'log').read_text()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("mosquitto did not listen within 30 s")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+        self.proc = None
+        self.log.close()
+
+
+class HomeAssistant:
+    """A paho client subscribed to discovery and the device's topics: what Home Assistant would see."""
+
+    def __init__(self, port: int):
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self.changed = threading.Condition()
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="test-home-assistant")
+        self.client.username_pw_set(USER, PASSWORD)
+        self.client.on_message = self._on_message
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe([("homeassistant/#", 1), ("glimpse/#", 1)])
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _on_message(self, client, userdata, message):
+        with self.changed:
+            self.messages.append((message.topic, message.payload, message.retain))
+            self.changed.notify_all()
+
+    def wait_for(self, topic: str, accept=lambda payload: True, timeout: float = 60.0) -> bytes:
+        """The first message on ``topic`` whose payload ``accept`` takes; bounded by ``timeout``."""
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while True:
+                for seen, payload, _ in self.messages:
+                    if seen == topic and accept(payload):
+                        return payload
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"nothing accepted on {topic} within {timeout}s; "
+                                         f"saw {[(t, p[:80]) for t, p, _ in self.messages if t == topic]}")
+                self.changed.wait(left)
+
+    def publish(self, topic: str, payload: str) -> None:
+        self.client.publish(topic, payload, qos=1).wait_for_publish(10)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def broker(tmp_path):
+    server = Mosquitto(tmp_path, free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+def _serve(tmp_path, bundle_dir, broker_port: int, **extra) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = dict(os.environ, GLIMPSE_CONFIG=str(tmp_path / "none.conf"), GLIMPSE_MQTT_HOST="127.0.0.1",
+               GLIMPSE_MQTT_PORT=str(broker_port), GLIMPSE_MQTT_USERNAME=USER, GLIMPSE_MQTT_PASSWORD=PASSWORD,
+               GLIMPSE_MQTT_NODE_ID=NODE, GLIMPSE_MQTT_STATE_INTERVAL="1", GLIMPSE_LOG_LEVEL="debug",
+               GLIMPSE_SAVED_QUERIES="the moon|a cat")
+    env.update(extra)
+    proc = subprocess.Popen([sys.executable, "-m", "device", "serve", "--bundle", str(bundle_dir), "--port",
+                             str(port), "--slideshow-results", "3"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _kiosk(url: str, accept, timeout: float = 60.0) -> dict:
+    """Poll /api/kiosk until ``accept`` takes its answer; bounded by ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/api/kiosk", timeout=10) as response:
+                last = json.load(response)
+            if accept(last):
+                return last
+        except OSError:
+            pass  # not listening yet
+        time.sleep(0.1)
+    raise AssertionError(f"the kiosk never showed what was expected; last {last}")
+
+
+def _finish(proc) -> str:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    out, err = proc.communicate()
+    return err
+
+
+def test_discovery_query_button_and_a_broker_restart(tmp_path, bundle_dir, broker):
+    ha = HomeAssistant(broker.port)
+    proc, url = _serve(tmp_path, bundle_dir, broker.port)
+    try:
+        # Discovery: five sensors, the text entity and the button, each with availability and the device.
+        sensors = ("photos", "added_photos", "queries_per_minute", "last_query", "status")
+        configs = {}
+        for component, object_id in [*(("sensor", s) for s in sensors), ("text", "query"), ("button", "surprise")]:
+            topic = f"homeassistant/{component}/{NODE}/{object_id}/config"
+            configs[object_id] = json.loads(ha.wait_for(topic))
+        for object_id, config in configs.items():
+            assert config["unique_id"] == f"glimpse_{NODE}_{object_id}"
+            assert config["availability_topic"] == f"{BASE}/availability"
+            assert config["device"]["identifiers"] == [f"glimpse_{NODE}"]
+            assert config["device"]["configuration_url"].endswith(".local:" + url.rsplit(":", 1)[1] + "/") \
+                or config["device"]["configuration_url"].startswith("http://127.0.0.1:")
+        assert configs["query"]["command_topic"] == f"{BASE}/query/set"
+        assert configs["surprise"]["command_topic"] == f"{BASE}/surprise/press"
+        assert configs["photos"]["value_template"] == "{{ value_json.photos }}"
+        assert ha.wait_for(f"{BASE}/availability") == b"online"
+        state = json.loads(ha.wait_for(f"{BASE}/state"))
+        assert state["photos"] == 8 and state["added_photos"] == 0 and state["status"] == "ready"
+
+        # A query written to the text entity is what the kiosk shows.
+        ha.publish(f"{BASE}/query/set", "a cup of coffee")
+        shown = _kiosk(url, lambda k: k["query"] == "a cup of coffee")
+        assert shown["slides"][0]["path"] == "kitchen/coffee.png" and shown["kind"] == "results"
+        assert ha.wait_for(f"{BASE}/query") == b"a cup of coffee"
+        ha.wait_for(f"{BASE}/state", lambda p: json.loads(p)["last_query"] == "a cup of coffee")
+        ha.wait_for(f"{BASE}/state", lambda p: json.loads(p)["queries_per_minute"] > 0)
+
+        # The button runs the next saved query, as the front button would.
+        ha.publish(f"{BASE}/surprise/press", "PRESS")
+        surprise = _kiosk(url, lambda k: k["source"] == "saved")
+        with urllib.request.urlopen(url + "/api/search?q=the+moon&k=3", timeout=30) as response:
+            expected = [r["path"] for r in json.load(response)]
+        assert surprise["query"] == "the moon" and [s["path"] for s in surprise["slides"]] == expected
+
+        # A query the daemon refuses: the status says why; the kiosk keeps what it showed.
+        ha.publish(f"{BASE}/query/set", "@nosuchphoto")
+        ha.wait_for(f"{BASE}/state", lambda p: json.loads(p)["status"].startswith("query refused"))
+        assert _kiosk(url, lambda k: True)["query"] == "the moon"
+
+        # The broker goes away and comes back without its retained messages: the bridge
+        # reconnects and publishes discovery and availability again.
+        ha.close()
+        broker.stop()
+        broker.start()
+        ha = HomeAssistant(broker.port)
+        assert ha.wait_for(f"{BASE}/availability", timeout=90) == b"online"
+        ha.wait_for(f"homeassistant/text/{NODE}/query/config")
+        status = _kiosk(url, lambda k: True) and json.load(urllib.request.urlopen(url + "/api/status", timeout=10))
+        assert status["home_assistant"]["connected"] and status["home_assistant"]["connections"] >= 2
+        assert status["home_assistant"]["broker"] == f"127.0.0.1:{broker.port}"
+
+        # A query after the reconnection still reaches the kiosk.
+        ha.publish(f"{BASE}/query/set", "a rocket")
+        assert _kiosk(url, lambda k: k["query"] == "a rocket")["slides"][0]["path"] == "space/rocket.jpg"
+
+        # Stopping says offline (retained) before the daemon exits 0.
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        ha.wait_for(f"{BASE}/availability", lambda p: p == b"offline")
+    finally:
+        ha.close()
+        log = _finish(proc)
+    assert "Home Assistant bridge: connected to 127.0.0.1" in log
+    assert "lost 127.0.0.1" in log  # the broker's restart was noticed
+    assert PASSWORD not in log  # debug logging, connecting, a restart: the password never appears
+
+
+def test_last_will_says_offline_when_the_daemon_dies(tmp_path, bundle_dir, broker):
+    ha = HomeAssistant(broker.port)
+    proc, url = _serve(tmp_path, bundle_dir, broker.port)
+    try:
+        assert ha.wait_for(f"{BASE}/availability") == b"online"
+        proc.kill()  # no goodbye: the broker publishes the will
+        proc.wait(timeout=30)
+        ha.wait_for(f"{BASE}/availability", lambda p: p == b"offline")
+    finally:
+        ha.close()
+        _finish(proc)
+
+
+def test_wrong_password_is_reported_without_the_password_and_search_goes_on(tmp_path, bundle_dir, broker):
+    wrong = "wrong-Pa55word-also-never-logged"
+    proc, url = _serve(tmp_path, bundle_dir, broker.port, GLIMPSE_MQTT_PASSWORD=wrong)
+    try:
+        # The web UI serves whatever the broker says.
+        assert _kiosk(url, lambda k: k["kind"] == "library")["slides"]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            status = json.load(urllib.request.urlopen(url + "/api/status", timeout=10))
+            assert not status["home_assistant"]["connected"]
+            if "not authorised" in (broker.dir / "log").read_text():
+                break
+            time.sleep(0.1)
+    finally:
+        log = _finish(proc)
+    assert "refused the connection: Not authorized" in log, log[-2000:]
+    assert wrong not in log and PASSWORD not in log
+
+
+def test_config_shows_that_the_password_is_set_not_what_it_is(tmp_path):
+    conf = tmp_path / "glimpse.conf"
+    conf.write_text(f"mqtt_host = broker.lan\nmqtt_password = {PASSWORD}\n")
+    out = run_cli("device", "config", "--config", str(conf)).stdout
+    assert "mqtt_password" in out and "(set)" in out and PASSWORD not in out
+
+
+def test_bad_node_id_stops_start_up_with_one_line(tmp_path, bundle_dir):
+    proc = subprocess.run([sys.executable, "-m", "device", "serve", "--bundle", str(bundle_dir), "--port",
+                           str(free_port()), "--mqtt-host", "127.0.0.1", "--mqtt-node-id", "my glimpse/#"],
+                          cwd=REPO, env=dict(os.environ, GLIMPSE_CONFIG=str(tmp_path / "none.conf")),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1].startswith("glimpse: error: setting mqtt_node_id:")
+    assert "Traceback" not in proc.stderr
