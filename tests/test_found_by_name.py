@@ -190,3 +190,25 @@ def test_auto_does_not_announce_a_server_on_loopback_only():
     assert advertiser is None and by == "off (listening on 127.0.0.1 only)"
     advertiser, by = mdns.start_advertising(settings.load({"host": "0.0.0.0", "advertise": "off"}, env={}))
     assert advertiser is None and by == "off (advertise = off)"
+
+
+def test_the_kiosk_and_the_about_section_show_the_address(bundle_dir):
+    import re
+
+    from device import settings
+    from device.daemon import Daemon
+    from device.web import create_app
+
+    daemon = Daemon(settings.load({"bundle": str(bundle_dir), "host": "0.0.0.0", "port": 8080}, env={}))
+    daemon.load()
+    try:
+        client = create_app(daemon).test_client()
+        expected = f"http://{mdns.host_name()}.local:8080/"
+        kiosk = client.get("/kiosk").get_data(as_text=True)
+        assert re.search(rf'<p id="address" class="address">{re.escape(expected)}</p>', kiosk)
+        assert client.get("/api/kiosk").get_json()["address"] == expected
+        about = client.get("/help").get_data(as_text=True)
+        assert f'<code id="address">{expected}</code>' in about
+        assert client.get("/api/status").get_json()["address"] == expected
+    finally:
+        daemon.searcher.close()

@@ -279,3 +279,18 @@ def test_bad_node_id_stops_start_up_with_one_line(tmp_path, bundle_dir):
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1].startswith("glimpse: error: setting mqtt_node_id:")
     assert "Traceback" not in proc.stderr
+
+
+def test_no_broker_does_not_hold_up_serving(tmp_path, bundle_dir):
+    closed = free_port()  # nothing listens there: paho keeps retrying in its own thread
+    proc, url = _serve(tmp_path, bundle_dir, closed)
+    try:
+        assert proc.stdout.readline().startswith("Glimpse is serving 8 photos at")
+        status = json.load(urllib.request.urlopen(url + "/api/status", timeout=30))
+        assert status["home_assistant"] == {"broker": f"127.0.0.1:{closed}", "node_id": NODE, "connected": False,
+                                            "connections": 0}
+        assert _kiosk(url, lambda k: k["kind"] == "library")["slides"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        _finish(proc)

@@ -186,7 +186,8 @@ def create_app(daemon) -> Flask:
 
     @app.get("/help")
     def help_page():
-        return render_template("help.html", bundle=g.searcher.bundle, version=__version__, query="")
+        return render_template("help.html", bundle=g.searcher.bundle, version=__version__, query="",
+                               about=daemon.status())
 
     @app.get("/thumbs/<item_id>")
     def thumb(item_id: str):
@@ -352,7 +353,7 @@ def create_app(daemon) -> Flask:
         except ValueError:
             position = showing.position
         state = {"generation": showing.generation, "query": showing.query, "title": title, "position": position,
-                 "kind": kind, "interval": interval, "slides": slides}
+                 "kind": kind, "interval": interval, "slides": slides, "address": daemon.address}
         next_url = url_for("kiosk", i=(position + 1) % max(1, len(slides)), interval=request.args.get("interval"))
         return render_template("kiosk.html", state=state, slide=slides[position] if slides else None,
                                error=error, bundle=searcher.bundle, next_url=next_url,
@@ -363,7 +364,8 @@ def create_app(daemon) -> Flask:
         showing = daemon.slideshow.snapshot()
         slides, kind, title = _slides(g.searcher, showing)
         return jsonify({"generation": showing.generation, "query": showing.query, "title": title,
-                        "position": showing.position, "source": showing.source, "kind": kind, "slides": slides})
+                        "position": showing.position, "source": showing.source, "kind": kind, "slides": slides,
+                        "address": daemon.address})
 
     # --- "Show on the screen": an admin puts results or a photo on the device ---------
 
