@@ -408,9 +408,11 @@ class Daemon:
         self.panel.post("ready")
         self.panel.tick()
         self.state = "ready"
+        # Both only start threads (mDNS probing, connecting to the broker): READY does not wait for them,
+        # and /api/status, answerable from now on, already names them.
+        self._start_lan(bridge)
         self.notifier.ready(f"serving {self.searcher.bundle.id} at {url}")
         print(f"Glimpse is serving {plural(len(self.searcher.bundle), 'photo')} at {url}", flush=True)
-        self._start_lan(bridge)
         status = 0
         last_ping = 0.0
         try:
