@@ -346,7 +346,8 @@ class Daemon:
             "ingest": ingest,
             "front_panel": self.panel.describe() if self.panel is not None else {},
             "address": self.address,
-            "advertised_by": self.advertised_by,
+            "advertised_by": (f"off ({self.advertiser.error})" if self.advertiser is not None and self.advertiser.error
+                              else self.advertised_by),
             "home_assistant": self.bridge.describe() if self.bridge is not None else None,
         }
 

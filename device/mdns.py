@@ -72,10 +72,11 @@ class Advertiser:
         host: the address the server listens on (``0.0.0.0``: every IPv4 address of this machine).
         port: its port.
         name: the host name to announce (default :func:`host_name`).
+        required: the setting said ``on`` (a missing zeroconf is a warning, not a note).
     """
 
-    def __init__(self, host: str, port: int, name: str | None = None):
-        self.host, self.port = host, port
+    def __init__(self, host: str, port: int, name: str | None = None, required: bool = False):
+        self.host, self.port, self.required = host, port, required
         self.name = name or host_name()
         self._zeroconf = None
         self._info = None
@@ -110,7 +111,9 @@ class Advertiser:
             from zeroconf import IPVersion, ServiceInfo, Zeroconf
         except ImportError:
             self.error = "python-zeroconf is not installed (pip install 'glimpse[lan]')"
-            log.warning("not announcing the web UI by mDNS: %s", self.error)
+            # Asked for (advertise = on): a warning; on auto, a note.
+            log.log(logging.WARNING if self.required else logging.INFO,
+                    "not announcing the web UI by mDNS: %s", self.error)
             self.done.set()
             return
         try:
@@ -163,6 +166,6 @@ def start_advertising(settings) -> tuple[Advertiser | None, str]:
         return None, f"off (listening on {settings.host} only)"
     if mode == "auto" and avahi_running():
         return None, "avahi"
-    advertiser = Advertiser(settings.host, settings.port)
+    advertiser = Advertiser(settings.host, settings.port, required=mode == "on")
     advertiser.start()
     return advertiser, "zeroconf"
