@@ -290,6 +290,10 @@ def test_no_broker_does_not_hold_up_serving(tmp_path, bundle_dir):
         assert status["home_assistant"] == {"broker": f"127.0.0.1:{closed}", "node_id": NODE, "connected": False,
                                             "connections": 0}
         assert _kiosk(url, lambda k: k["kind"] == "library")["slides"]
+        port = url.rsplit(":", 1)[1]
+        printed = run_cli("device", "status", "--port", port).stdout.splitlines()
+        assert f"address http://127.0.0.1:{port}/" in printed
+        assert f"Home Assistant: MQTT broker 127.0.0.1:{closed}, not connected" in printed
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
