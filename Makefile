@@ -27,10 +27,12 @@ SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # ssh client) and rsync for the push tests' loopback "device"; libusb, which
 # tflite-support's Task Library libraries link against (export-tasklib conformance test);
 # mosquitto (the Home Assistant bridge's broker) and avahi-daemon (found by name, in a
-# network namespace) for the LAN tests, with iproute2's ip and util-linux's unshare.
+# network namespace) for the LAN tests, with iproute2's ip, util-linux's unshare and
+# openssl (the TLS broker's certificates).
 SYSTEM_DEPS := /usr/bin/chromium:chromium /usr/bin/chromedriver:chromium-driver /usr/bin/systemd-analyze:systemd \
                /usr/sbin/sshd:openssh-server /usr/bin/rsync:rsync \
                /usr/sbin/mosquitto:mosquitto /usr/sbin/avahi-daemon:avahi-daemon /usr/sbin/ip:iproute2 \
+               /usr/bin/openssl:openssl \
                /usr/lib/$(shell uname -m)-linux-gnu/libusb-1.0.so.0:libusb-1.0-0
 system-deps:
 	@missing=""; for dep in $(SYSTEM_DEPS); do [ -e "$${dep%%:*}" ] || missing="$$missing $${dep##*:}"; done; \

@@ -217,6 +217,8 @@ class HomeAssistantBridge:
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_connect_fail = self._on_connect_fail
+        self._failures = 0
         client.message_callback_add(self.topics.query_set, self._on_query)
         client.message_callback_add(self.topics.surprise, self._on_surprise)
         self._client = client
@@ -264,6 +266,7 @@ class HomeAssistantBridge:
             log.error("Home Assistant bridge: %s refused the connection: %s", self.options.broker, reason_code)
             return
         self.connections += 1
+        self._failures = 0
         log.info("Home Assistant bridge: connected to %s; publishing discovery for node %s",
                  self.options.broker, self.options.node_id)
         for topic, config in self._configs.items():
@@ -272,6 +275,15 @@ class HomeAssistantBridge:
         client.publish(self.topics.availability, ONLINE, qos=1, retain=True)
         self._connected.set()
         self._changed.set()  # the state, now
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        # No answer, no TLS handshake (a certificate mqtt_ca_file does not trust): paho retries.
+        # Said once as a warning, then at debug level, so an absent broker does not fill the journal.
+        self._failures += 1
+        level = logging.WARNING if self._failures == 1 else logging.DEBUG
+        log.log(level, "Home Assistant bridge: cannot connect to %s%s; retrying", self.options.broker,
+                " (is the broker up? with TLS, does mqtt_ca_file sign its certificate?)" if self.options.tls else
+                " (is the broker up?)")
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was = self._connected.is_set()

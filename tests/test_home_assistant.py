@@ -33,7 +33,7 @@ BASE = f"glimpse/{NODE}"
 class Mosquitto:
     """Debian's mosquitto on 127.0.0.1:``port`` with its own configuration, password file and no persistence."""
 
-    def __init__(self, tmp_path, port: int):
+    def __init__(self, tmp_path, port: int, tls: "Certificates | None" = None):
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not os.path.exists(binary):
             pytest.fail("mosquitto is missing: `make system-deps` installs Debian's mosquitto")
@@ -47,7 +47,8 @@ class Mosquitto:
         # As root, `user root` keeps mosquitto from switching to a user that cannot read tmp_path.
         # No persistence: a restarted broker has lost every retained message.
         self.conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {passwords}\n"
-                             f"persistence false\nlog_dest stderr\n" + ("user root\n" if os.geteuid() == 0 else ""))
+                             f"persistence false\nlog_dest stderr\n" + ("user root\n" if os.geteuid() == 0 else "")
+                             + (f"cafile {tls.ca}\ncertfile {tls.cert}\nkeyfile {tls.key}\n" if tls else ""))
         self.proc = None
 
     def start(self) -> None:
@@ -72,14 +73,36 @@ class Mosquitto:
         self.log.close()
 
 
+class Certificates:
+    """A test CA and a server certificate for 127.0.0.1 it signs (openssl, as an admin would make them)."""
+
+    def __init__(self, directory):
+        directory.mkdir(exist_ok=True)
+        self.ca, self.cert, self.key = directory / "ca.pem", directory / "server.pem", directory / "server.key"
+        ca_key, csr, ext = directory / "ca.key", directory / "server.csr", directory / "server.ext"
+        ext.write_text("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+                       "keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
+                       "authorityKeyIdentifier=keyid,issuer\nsubjectKeyIdentifier=hash\n")
+        for command in (
+            ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", self.ca, "-days", "2",
+             "-subj", "/CN=Glimpse test CA"],
+            ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", self.key, "-out", csr, "-subj", "/CN=127.0.0.1"],
+            ["x509", "-req", "-in", csr, "-CA", self.ca, "-CAkey", ca_key, "-CAcreateserial", "-out", self.cert,
+             "-days", "2", "-extfile", ext],
+        ):
+            subprocess.run(["openssl", *map(str, command)], check=True, capture_output=True, timeout=60)
+
+
 class HomeAssistant:
     """A paho client subscribed to discovery and the device's topics: what Home Assistant would see."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, ca=None):
         self.messages: list[tuple[str, bytes, bool]] = []
         self.changed = threading.Condition()
         self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="test-home-assistant")
         self.client.username_pw_set(USER, PASSWORD)
+        if ca is not None:
+            self.client.tls_set(ca_certs=str(ca))
         self.client.on_message = self._on_message
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe([("homeassistant/#", 1), ("glimpse/#", 1)])
         self.client.connect("127.0.0.1", port)
@@ -298,3 +321,52 @@ def test_no_broker_does_not_hold_up_serving(tmp_path, bundle_dir):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
         _finish(proc)
+
+
+def test_tls_with_the_ca_that_signs_the_broker(tmp_path, bundle_dir):
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl is missing: `make system-deps` installs it")
+    certificates = Certificates(tmp_path / "tls")
+    broker = Mosquitto(tmp_path, free_port(), tls=certificates)
+    broker.start()
+    ha = HomeAssistant(broker.port, ca=certificates.ca)
+    proc, url = _serve(tmp_path, bundle_dir, broker.port, GLIMPSE_MQTT_TLS="true",
+                       GLIMPSE_MQTT_CA_FILE=str(certificates.ca))
+    try:
+        assert ha.wait_for(f"{BASE}/availability") == b"online"
+        ha.publish(f"{BASE}/query/set", "a cup of coffee")
+        assert _kiosk(url, lambda k: k["query"] == "a cup of coffee")["slides"][0]["path"] == "kitchen/coffee.png"
+    finally:
+        ha.close()
+        log = _finish(proc)
+        broker.stop()
+    assert f"connecting to 127.0.0.1:{broker.port} over TLS as {USER}" in log and PASSWORD not in log
+
+
+def test_tls_with_a_ca_that_does_not_sign_the_broker_never_connects(tmp_path, bundle_dir):
+    certificates, stranger = Certificates(tmp_path / "tls"), Certificates(tmp_path / "other")
+    broker = Mosquitto(tmp_path, free_port(), tls=certificates)
+    broker.start()
+    proc, url = _serve(tmp_path, bundle_dir, broker.port, GLIMPSE_MQTT_TLS="true",
+                       GLIMPSE_MQTT_CA_FILE=str(stranger.ca))
+    try:
+        assert proc.stdout.readline().startswith("Glimpse is serving")
+        deadline = time.monotonic() + 30
+        while "OpenSSL Error" not in (broker.dir / "log").read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)  # until the broker has seen the handshake fail
+        status = json.load(urllib.request.urlopen(url + "/api/status", timeout=10))
+        assert status["home_assistant"]["connected"] is False and status["home_assistant"]["connections"] == 0
+    finally:
+        log = _finish(proc)
+        broker.stop()
+    assert "cannot connect to 127.0.0.1:%d" % broker.port in log and "does mqtt_ca_file sign" in log
+
+
+def test_an_unreadable_ca_file_stops_start_up_with_one_line(tmp_path, bundle_dir):
+    proc = subprocess.run([sys.executable, "-m", "device", "serve", "--bundle", str(bundle_dir), "--port",
+                           str(free_port()), "--mqtt-host", "127.0.0.1", "--mqtt-tls", "true",
+                           "--mqtt-ca-file", str(tmp_path / "missing.pem")],
+                          cwd=REPO, env=dict(os.environ, GLIMPSE_CONFIG=str(tmp_path / "none.conf")),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("glimpse: error: setting mqtt_ca_file:")
