@@ -370,3 +370,15 @@ def test_an_unreadable_ca_file_stops_start_up_with_one_line(tmp_path, bundle_dir
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("glimpse: error: setting mqtt_ca_file:")
+
+
+def test_queries_per_minute_over_the_last_minute():
+    from device.home_assistant import QueryRate
+
+    now = [0.0]
+    rate = QueryRate(clock=lambda: now[0])
+    assert rate.update(10) == 0.0  # one sample: no rate yet
+    now[0] = 30.0
+    assert rate.update(20) == 20.0  # 10 queries in half a minute
+    now[0] = 90.0
+    assert rate.update(20) == 0.0  # none in the last minute: older samples are forgotten
