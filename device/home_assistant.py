@@ -29,6 +29,7 @@ import time
 from collections import deque
 
 from device.errors import GlimpseError
+from device.wording import plural
 
 log = logging.getLogger("glimpse.home_assistant")
 
@@ -219,6 +220,8 @@ class HomeAssistantBridge:
         client.on_disconnect = self._on_disconnect
         client.on_connect_fail = self._on_connect_fail
         self._failures = 0
+        #: Why the last connection attempt failed ("" once connected).
+        self.error = ""
         client.message_callback_add(self.topics.query_set, self._on_query)
         client.message_callback_add(self.topics.surprise, self._on_surprise)
         self._client = client
@@ -231,7 +234,7 @@ class HomeAssistantBridge:
     def describe(self) -> dict:
         """For ``/api/status``: the broker, the node id, whether connected (no credentials)."""
         return {"broker": self.options.broker, "node_id": self.options.node_id, "connected": self.connected,
-                "connections": self.connections}
+                "connections": self.connections, "error": self.error or None}
 
     def start(self) -> None:
         """Connect in the background (never waits for the broker) and publish state changes."""
@@ -264,9 +267,11 @@ class HomeAssistantBridge:
         if reason_code.is_failure:
             # Wrong credentials or a refused client: paho tries again with backoff; say why once per try.
             log.error("Home Assistant bridge: %s refused the connection: %s", self.options.broker, reason_code)
+            self.error = f"the broker refused the connection: {reason_code}"  # after the log line, which tests read
             return
         self.connections += 1
         self._failures = 0
+        self.error = ""
         log.info("Home Assistant bridge: connected to %s; publishing discovery for node %s",
                  self.options.broker, self.options.node_id)
         for topic, config in self._configs.items():
@@ -284,6 +289,7 @@ class HomeAssistantBridge:
         log.log(level, "Home Assistant bridge: cannot connect to %s%s; retrying", self.options.broker,
                 " (is the broker up? with TLS, does mqtt_ca_file sign its certificate?)" if self.options.tls else
                 " (is the broker up?)")
+        self.error = "cannot connect"
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was = self._connected.is_set()
@@ -303,7 +309,7 @@ class HomeAssistantBridge:
             self._changed.set()
             return
         self._status_note = ""
-        log.info("Home Assistant bridge: showing %s for %r", len(showing.results), query[:100])
+        log.info("Home Assistant bridge: showing %s for %r", plural(len(showing.results), "photo"), query[:100])
         client.publish(self.topics.query, query[:TEXT_MAX], qos=1, retain=True)
 
     def _on_surprise(self, client, userdata, message) -> None:

@@ -127,9 +127,11 @@ class Advertiser:
                     zc.close()
                     return
                 self._zeroconf, self._info = zc, info
+            # Said before: registering returns only after the probes and announcements (seconds),
+            # while browsers may list the service from the first announcement on.
+            log.info("announcing %s by mDNS as %r", address(self.host, self.port), info.name)
             # allow_name_change: another "Glimpse on NAME" on the LAN gets "... (2)", not an error.
             zc.register_service(info, allow_name_change=True)
-            log.info("announcing %s by mDNS as %r", address(self.host, self.port), info.name)
         except Exception as exc:  # noqa: BLE001 - mDNS is a convenience: the daemon serves without it
             self.error = str(exc) or type(exc).__name__
             log.warning("not announcing the web UI by mDNS: %s", self.error)
