@@ -50,6 +50,16 @@ def address(host: str, port: int) -> str:
     return f"http://[{shown}]{suffix}/" if ":" in shown else f"http://{shown}{suffix}/"
 
 
+def default_route_address() -> str:
+    """This machine's IPv4 address on its default route ("" without one)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.connect(("192.0.2.1", 9))  # picks a route; a datagram socket sends nothing on connect
+            return sock.getsockname()[0]
+    except OSError:
+        return ""
+
+
 def avahi_running(pid_file: Path = AVAHI_PID_FILE) -> bool:
     """Whether avahi-daemon runs here (its pid file names a live process)."""
     try:
@@ -92,18 +102,28 @@ class Advertiser:
         self._thread = threading.Thread(target=self._register, name="mdns", daemon=True)
         self._thread.start()
 
-    def _addresses(self) -> list[bytes]:
-        if self.host not in ("", "0.0.0.0", "::"):
-            return [ipaddress.ip_address(self.host).packed]
-        import ifaddr
+    def _addresses(self) -> list[str]:
+        """The IPv4 addresses to announce (and to send mDNS from).
 
+        Raises:
+            OSError: this machine has no IPv4 address but loopback.
+        """
+        if self.host not in ("", "0.0.0.0", "::"):
+            return [self.host]
         found = []
-        for adapter in ifaddr.get_adapters():
-            for ip in adapter.ips:
-                if isinstance(ip.ip, str):
-                    packed = ipaddress.IPv4Address(ip.ip)
-                    if not packed.is_loopback:
-                        found.append(packed.packed)
+        try:
+            import ifaddr
+
+            for adapter in ifaddr.get_adapters():
+                found += [ip.ip for ip in adapter.ips
+                          if isinstance(ip.ip, str) and not ipaddress.IPv4Address(ip.ip).is_loopback]
+        except OSError as exc:
+            # Listing interfaces needs a netlink socket, which the hardened systemd unit does not
+            # allow (RestrictAddressFamilies): announce the address of the default route instead.
+            log.debug("cannot list the network interfaces (%s); announcing the default route's address", exc)
+            found = [default_route_address()]
+        if not found or not found[0]:
+            raise OSError("this machine has no IPv4 address besides loopback")
         return found
 
     def _register(self) -> None:
@@ -119,9 +139,11 @@ class Advertiser:
         try:
             addresses = self._addresses()
             info = ServiceInfo(SERVICE_TYPE, f"{service_name(self.name)}.{SERVICE_TYPE}", port=self.port,
-                               addresses=addresses, properties={"path": "/"}, server=f"{self.name}.local.")
-            # IPv4 only: the server listens on IPv4 (0.0.0.0), and so do the addresses announced.
-            zc = Zeroconf(ip_version=IPVersion.V4Only)
+                               addresses=[ipaddress.IPv4Address(a).packed for a in addresses],
+                               properties={"path": "/"}, server=f"{self.name}.local.")
+            # IPv4 only: the server listens on IPv4 (0.0.0.0), and so do the addresses announced. An
+            # explicit list of IPv4 addresses keeps zeroconf from listing interfaces itself (netlink).
+            zc = Zeroconf(interfaces=addresses, ip_version=IPVersion.V4Only)
             with self._lock:
                 if self._closed:
                     zc.close()

@@ -211,3 +211,24 @@ def test_the_kiosk_and_the_about_section_show_the_address(bundle_dir):
         assert client.get("/api/status").get_json()["address"] == expected
     finally:
         daemon.searcher.close()
+
+
+def test_without_netlink_the_default_routes_address_is_announced(monkeypatch):
+    # Under the hardened unit (RestrictAddressFamilies without AF_NETLINK) listing interfaces fails;
+    # that failure is simulated here (it needs systemd's seccomp filter), the route lookup is real.
+    import errno
+
+    import ifaddr
+
+    def no_netlink():
+        raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+
+    monkeypatch.setattr(ifaddr, "get_adapters", no_netlink)
+    advertiser = mdns.Advertiser("0.0.0.0", 8080)
+    expected = mdns.default_route_address()
+    if expected:
+        assert advertiser._addresses() == [expected]
+    else:  # no default route on this machine: nothing to announce, said so
+        with pytest.raises(OSError, match="no IPv4 address besides loopback"):
+            advertiser._addresses()
+    assert mdns.Advertiser("10.1.2.3", 8080)._addresses() == ["10.1.2.3"]
