@@ -265,9 +265,12 @@ class HomeAssistantBridge:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            # Wrong credentials or a refused client: paho tries again with backoff; say why once per try.
-            log.error("Home Assistant bridge: %s refused the connection: %s", self.options.broker, reason_code)
-            self.error = f"the broker refused the connection: {reason_code}"  # after the log line, which tests read
+            # Wrong credentials or a refused client: paho tries again with backoff. Said once as an
+            # error, then at debug level; /api/status shows it from the moment the journal has it.
+            self._failures += 1
+            log.log(logging.ERROR if self._failures == 1 else logging.DEBUG,
+                    "Home Assistant bridge: %s refused the connection: %s", self.options.broker, reason_code)
+            self.error = f"the broker refused the connection: {reason_code}"
             return
         self.connections += 1
         self._failures = 0
