@@ -364,6 +364,10 @@ def _push(args) -> int:
     elif args.wheelhouse or args.hostname:
         raise GlimpseError(f"{'--wheelhouse' if args.wheelhouse else '--hostname'} goes with --install")
     push.push(options, log)
+    if args.install and args.hostname:
+        # Last: the push reached the device by its old name, which stops answering now.
+        url = install.rename(remote, args.hostname, options.daemon_port or 8080, log)
+        log.line(f"the device is now {url}")
     return 0
 
 

@@ -23,6 +23,8 @@ steps, each printed as ``install: <step>: ...``:
     with ``--hostname NAME``: ``/etc/hostname`` and the ``127.0.1.1`` line of
     ``/etc/hosts`` (Debian's place for the machine's own name), then the running
     name (``hostnamectl``) and avahi-daemon, which answers ``NAME.local``.
+    ``push --install`` runs this step last, after the push (:func:`rename`): the
+    push reaches the device by its old ``.local`` name, which stops answering.
 ``avahi``
     ``/etc/avahi/services/glimpse.service``: avahi-daemon (on Raspberry Pi OS)
     announces the web UI as ``_http._tcp`` on the daemon's port, so phones and
@@ -310,6 +312,29 @@ def check_wheelhouse(manifest: dict, python: str, machine: str) -> None:
                         f"make one with glimpse-provision wheelhouse --platform linux_{machine} --python {python}")
 
 
+def rename(remote: Remote, hostname: str, daemon_port: int, log: PushLog) -> str:
+    """Give the device a new host name (the ``hostname`` step alone, as root); run after the push.
+
+    Returns:
+        The address people type now, ``http://NAME.local:PORT/``.
+
+    Raises:
+        InstallFailed: ``hostname`` cannot be a host name, or the step failed.
+    """
+    name = check_hostname(hostname)
+    log.begin()
+    # Only the steps' functions are used; no wheel is installed by the hostname step.
+    script = install_script(InstallOptions(hostname=name, daemon_port=daemon_port, wheel=f"{STAGING}/unused.whl"))
+    proc = remote.run(AS_ROOT.format("env GLIMPSE_INSTALL_STEPS=hostname sh -s"), input=script, timeout=300)
+    for line in proc.stdout.splitlines():
+        if line.startswith("install: "):
+            log.step("install", line.removeprefix("install: "))
+    if proc.returncode != 0:
+        raise InstallFailed(f"setting the host name failed: {last_line(proc.stderr) or proc.returncode}")
+    suffix = "" if daemon_port == 80 else f":{daemon_port}"
+    return f"http://{name}.local{suffix}/"
+
+
 def install(remote: Remote, options: PushOptions, wheelhouse: Path | None, log: PushLog,
             staging: str = STAGING, hostname: str | None = None) -> PushOptions:
     """Set the device up (see the module docstring) and return push options that start the service.
@@ -320,7 +345,7 @@ def install(remote: Remote, options: PushOptions, wheelhouse: Path | None, log: 
         wheelhouse: a local wheelhouse directory to install from, or ``None`` for the index.
         log: the push log.
         staging: where the wheels go on the device.
-        hostname: a new host name for the device (``NAME.local``), or ``None`` to keep its own.
+        hostname: checked only: the new host name is given after the push, by :func:`rename`.
 
     Raises:
         InstallFailed: a step failed (its output is in the message), or the wheelhouse
@@ -360,7 +385,7 @@ def install(remote: Remote, options: PushOptions, wheelhouse: Path | None, log: 
     login = remote.user or remote.run("id -un").stdout.strip() or None
     script = install_script(InstallOptions(
         data_dir=options.data_dir, venv=venv, daemon_port=options.daemon_port or 8080,
-        login_user=login, wheelhouse=remote_wheelhouse, wheel=wheel, hostname=hostname))
+        login_user=login, wheelhouse=remote_wheelhouse, wheel=wheel))
     proc = remote.run(AS_ROOT.format("sh -s"), input=script, timeout=1800)
     for line in proc.stdout.splitlines():
         if line.startswith("install: "):

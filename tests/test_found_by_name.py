@@ -232,3 +232,42 @@ def test_without_netlink_the_default_routes_address_is_announced(monkeypatch):
         with pytest.raises(OSError, match="no IPv4 address besides loopback"):
             advertiser._addresses()
     assert mdns.Advertiser("10.1.2.3", 8080)._addresses() == ["10.1.2.3"]
+
+
+def test_the_new_name_is_given_over_ssh_after_the_push(tmp_path):
+    # push --install --hostname renames last, through ssh as root: here against a fake root
+    # (sshd's SetEnv DESTDIR), never this machine's own name.
+    from loopback_device import SSH_CLIENT_OPTIONS, Sshd
+    from provisioning.install import rename
+    from provisioning.push import PushLog
+    from provisioning.remote import Remote
+
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "hostname").write_text("raspberrypi\n")
+    (root / "etc" / "hosts").write_text("127.0.0.1\tlocalhost\n127.0.1.1\traspberrypi\n")
+    sshd = Sshd(tmp_path / "sshd", extra_config=(f"SetEnv DESTDIR={root}",))
+    lines: list[str] = []
+    remote = Remote("127.0.0.1", port=sshd.port, user=sshd.user, identity=str(sshd.key),
+                    ssh_options=SSH_CLIENT_OPTIONS)
+    try:
+        assert remote.run("printenv DESTDIR").stdout.strip() == str(root)
+        url = rename(remote, "Glimpse", 8080, PushLog(lines.append))
+        with pytest.raises(InstallFailed, match="is not a host name"):
+            rename(remote, "not a name", 8080, PushLog(lines.append))
+    finally:
+        sshd.stop()
+    assert url == "http://glimpse.local:8080/"
+    assert (root / "etc" / "hostname").read_text() == "glimpse\n"
+    assert "127.0.1.1\tglimpse\n" in (root / "etc" / "hosts").read_text()
+    assert [line.split(None, 2)[2] for line in lines] == [
+        "hostname: raspberrypi -> glimpse (http://glimpse.local:8080/)"]
+
+
+def test_hostname_goes_with_install(tmp_path):
+    from conftest import run_cli
+
+    proc = run_cli("provisioning", "push", "127.0.0.1", "--bundle", str(tmp_path), "--hostname", "glimpse",
+                   check=False, timeout=120)
+    assert proc.returncode != 0
+    assert proc.stderr.strip() == "glimpse-provision: error: --hostname goes with --install"
