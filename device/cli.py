@@ -359,6 +359,12 @@ def _status(args) -> int:
             print(f"adding photos is paused: {ingest['paused']}")
     else:
         print("adding photos on the device is off")
+    if status.get("address"):  # older daemons do not say
+        by = status.get("advertised_by", "")
+        print(f"address {status['address']}" + (f" (announced by {by})" if by in ("avahi", "zeroconf") else ""))
+    bridge = status.get("home_assistant")
+    if bridge:
+        print(f"Home Assistant: MQTT broker {bridge['broker']}, {'connected' if bridge['connected'] else 'not connected'}")
     return 0
 
 

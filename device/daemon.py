@@ -12,6 +12,9 @@
 * The front panel (button, status light, display; :mod:`device.hw`) is opened
   first, so the light shows "starting" while the bundle loads, and driven from
   the main loop; without any of it the daemon serves as before.
+* Being found on the LAN (:mod:`device.mdns`) and the Home Assistant bridge
+  (:mod:`device.home_assistant`) start after READY, in background threads:
+  neither a slow mDNS probe nor an absent broker delays serving.
 """
 
 from __future__ import annotations
@@ -78,6 +81,12 @@ class Daemon:
         self.admin.on_used = lambda: self._tell_panel("token")
         #: Wrong admin tokens per client address (429 past the limit).
         self.attempts = AttemptLimiter(settings.admin_max_failures, settings.admin_failure_window)
+        #: ``starting``, ``ready``, ``reload refused`` or ``stopping`` (the Home Assistant status sensor).
+        self.state = "starting"
+        #: The Home Assistant bridge and the mDNS announcer while :meth:`serve` runs (``None``: off).
+        self.bridge = None
+        self.advertiser = None
+        self.advertised_by = "off"
 
     @property
     def searcher(self) -> Searcher:
@@ -408,7 +417,26 @@ class Daemon:
                 log.exception("scanning %s failed", self.settings.watch_dir)
             stop.wait(self.settings.watch_interval)
 
+    def _start_lan(self, bridge) -> None:
+        """Announce the web UI by mDNS and connect to Home Assistant, both in the background."""
+        from device.mdns import start_advertising
+
+        self.advertiser, self.advertised_by = start_advertising(self.settings)
+        if bridge is not None:
+            self.bridge = bridge
+            bridge.start()
+
+    def _stop_lan(self) -> None:
+        for part, name in ((self.bridge, "the Home Assistant bridge"), (self.advertiser, "the mDNS announcement")):
+            if part is None:
+                continue
+            try:
+                part.stop()
+            except Exception:  # noqa: BLE001 - stopping must go on
+                log.exception("stopping %s failed", name)
+
     def _tell_panel(self, event: str) -> None:
+        self.state = {"error": "reload refused"}.get(event, event)
         panel = self.panel
         if panel is not None:
             panel.post(event)
@@ -458,7 +486,18 @@ class Daemon:
             "queries": int(self.metrics.total_queries()),
             "ingest": ingest,
             "front_panel": self.panel.describe() if self.panel is not None else {},
+            "address": self.address,
+            "advertised_by": (f"off ({self.advertiser.error})" if self.advertiser is not None and self.advertiser.error
+                              else self.advertised_by),
+            "home_assistant": self.bridge.describe() if self.bridge is not None else None,
         }
+
+    @property
+    def address(self) -> str:
+        """The web UI's address for people: ``http://HOSTNAME.local:PORT/`` on the LAN."""
+        from device.mdns import address
+
+        return address(self.settings.host, self.settings.port)
 
     def serve(self) -> int:
         """Serve until SIGTERM/SIGINT; returns the exit status.
@@ -479,9 +518,11 @@ class Daemon:
             self.panel = None
 
     def _serve(self, wake: threading.Event) -> int:
+        from device.home_assistant import open_bridge
         from device.server import HttpServer, ServerLimits
         from device.web import create_app
 
+        bridge = open_bridge(self, self.address)  # its settings are checked before anything loads
         self.load()
         self.start_ingest()
         settings = self.settings
@@ -508,6 +549,10 @@ class Daemon:
         # not left to the loop's first tick, which raced the first status request.
         self.panel.post("ready")
         self.panel.tick()
+        self.state = "ready"
+        # Both only start threads (mDNS probing, connecting to the broker): READY does not wait for them,
+        # and /api/status, answerable from now on, already names them.
+        self._start_lan(bridge)
         self.notifier.ready(f"serving {self.searcher.bundle.id} at {url}")
         print(f"Glimpse is serving {plural(len(self.searcher.bundle), 'photo')} at {url}", flush=True)
         self.first_start_token()
@@ -548,7 +593,9 @@ class Daemon:
                     last_ping = time.monotonic()
         finally:
             self._stopping.set()
+            self.state = "stopping"
             self.notifier.stopping()
+            self._stop_lan()
             log.info("stopping: finishing requests in flight (up to %ss)", settings.shutdown_timeout)
             server.stop(settings.shutdown_timeout)  # closes the socket, lets requests in flight finish
             thread.join(timeout=settings.shutdown_timeout + 5)

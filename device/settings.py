@@ -236,10 +236,37 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ingest_queue_max", 1000, "int",
             "Photos waiting to be embedded before uploads are refused with 503 (try again later).",
             minimum=1, maximum=1_000_000),
+    # Being found on the LAN by name and joining Home Assistant (docs/appliance.md).
+    Setting("advertise", "auto", "str",
+            "Announce the web UI on the LAN by mDNS (_http._tcp; http://HOSTNAME.local:PORT/) from the daemon "
+            "itself (python-zeroconf): on, off, or auto (only when no avahi-daemon runs: push --install gives "
+            "avahi a service file instead). Never for a server that listens on loopback only.",
+            choices=("auto", "on", "off")),
+    Setting("mqtt_host", "", "str",
+            "MQTT broker for the Home Assistant bridge (host name or address); empty: no bridge."),
+    Setting("mqtt_port", 1883, "int", "TCP port of the MQTT broker (usually 1883, or 8883 with TLS).",
+            minimum=1, maximum=65535),
+    Setting("mqtt_tls", False, "bool", "Connect to the broker over TLS, checking its certificate."),
+    Setting("mqtt_ca_file", "", "path",
+            "CA certificates (PEM) that sign the broker's certificate, with mqtt_tls; empty: the system's."),
+    Setting("mqtt_username", "", "str", "User name at the MQTT broker; empty: connect anonymously."),
+    Setting("mqtt_password", "", "str",
+            "Password at the MQTT broker. Never logged; `glimpse config` shows (set). Put it in the "
+            "configuration file (mode 0640), not on a command line others can read."),
+    Setting("mqtt_discovery_prefix", "homeassistant", "str",
+            "Topic prefix Home Assistant reads discovery configs under (its MQTT integration's setting)."),
+    Setting("mqtt_node_id", "", "str",
+            "This Glimpse's id in MQTT topics and Home Assistant unique ids (letters, digits, _ and -); "
+            "empty: the host name."),
+    Setting("mqtt_state_interval", 30.0, "float",
+            "Seconds between two state updates to the broker (they are also sent on every change).",
+            minimum=1.0, maximum=3600.0),
     Setting("log_level", "info", "str", "Log level.", choices=("debug", "info", "warning", "error")),
 )
 
 BY_NAME = {s.name: s for s in SETTINGS}
+#: Settings whose values are never printed or logged (``glimpse config`` shows "(set)").
+SECRETS = frozenset({"admin_token_sha256", "mqtt_password"})
 
 
 @dataclasses.dataclass
@@ -341,7 +368,7 @@ def describe(settings: Settings) -> str:
     lines = []
     for setting in SETTINGS:
         value = settings.values[setting.name]
-        shown = "(set)" if setting.name == "admin_token_sha256" and value else value
+        shown = "(set)" if setting.name in SECRETS and value else value
         lines.append(f"{setting.name:<{width}} = {shown!s:<24} # {settings.sources[setting.name]}")
     return "\n".join(lines)
 

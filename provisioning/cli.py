@@ -16,7 +16,7 @@
                       train projection heads on captioned photos; a model directory for build --model
     glimpse-provision wheelhouse --platform linux_aarch64 --python 3.11 [--python 3.13 ...] --out DIR
     glimpse-provision push HOST --bundle DIR [--port 22] [--user U] [--identity KEY] [--keep 3]
-                      [--install [--wheelhouse DIR]]   send, verify, switch, check, or roll back
+                      [--install [--wheelhouse DIR] [--hostname NAME]]   send, verify, switch, check, or roll back
     glimpse-provision fleet --inventory FILE --bundle DIR   push to every host (ansible-playbook)
     glimpse-provision export-tasklib --bundle DIR --out FILE.tflite [--index exact|partitioned]
                       [--leaves N] [--search-fraction F] [--quantize] [--force]
@@ -206,6 +206,9 @@ def _push_options(parser) -> None:
     install.add_argument("--wheelhouse", type=Path,
                          help="install Glimpse from this wheelhouse (glimpse-provision wheelhouse): "
                               "the device needs no internet; default: from the package index")
+    install.add_argument("--hostname", metavar="NAME",
+                         help="also give the device this host name, so it is http://NAME.local/ on the LAN "
+                              "(letters, digits, hyphens); default: keep its own")
 
 
 def _build_options(parser) -> None:
@@ -380,10 +383,14 @@ def _push(args) -> int:
     # A stop request (a cancelled CI job, `kill`) rolls back as Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
     if args.install:
-        options = install.install(remote, options, wheelhouse=args.wheelhouse, log=log)
-    elif args.wheelhouse:
-        raise GlimpseError("--wheelhouse goes with --install")
+        options = install.install(remote, options, wheelhouse=args.wheelhouse, log=log, hostname=args.hostname)
+    elif args.wheelhouse or args.hostname:
+        raise GlimpseError(f"{'--wheelhouse' if args.wheelhouse else '--hostname'} goes with --install")
     push.push(options, log)
+    if args.install and args.hostname:
+        # Last: the push reached the device by its old name, which stops answering now.
+        url = install.rename(remote, args.hostname, options.daemon_port or 8080, log)
+        log.line(f"the device is now {url}")
     return 0
 
 

@@ -19,6 +19,16 @@ steps, each printed as ``install: <step>: ...``:
 ``unit``
     ``systemd/glimpse.service`` with ``ExecStart`` for this venv, data directory
     and port, into ``/etc/systemd/system``.
+``hostname``
+    with ``--hostname NAME``: ``/etc/hostname`` and the ``127.0.1.1`` line of
+    ``/etc/hosts`` (Debian's place for the machine's own name), then the running
+    name (``hostnamectl``) and avahi-daemon, which answers ``NAME.local``.
+    ``push --install`` runs this step last, after the push (:func:`rename`): the
+    push reaches the device by its old ``.local`` name, which stops answering.
+``avahi``
+    ``/etc/avahi/services/glimpse.service``: avahi-daemon (on Raspberry Pi OS)
+    announces the web UI as ``_http._tcp`` on the daemon's port, so phones and
+    Home Assistant list "Glimpse on NAME"; avahi reads new service files by itself.
 ``service``
     ``systemctl daemon-reload`` and ``enable``; a running service is restarted
     (an upgrade). The first push starts it, once a bundle is in place.
@@ -32,6 +42,7 @@ names the steps to run (default: all, in order).
 from __future__ import annotations
 
 import dataclasses
+import re
 import shlex
 import subprocess
 import sys
@@ -50,7 +61,9 @@ SERVICE_USER = "glimpse"
 VENV = "/opt/glimpse/venv"
 #: Where the wheels are staged on the device (the login user writes, root reads).
 STAGING = "/var/tmp/glimpse-install"
-STEPS = ("user", "directories", "glimpse", "unit", "service")
+STEPS = ("user", "directories", "glimpse", "unit", "hostname", "avahi", "service")
+#: The avahi service file, under ``/etc/avahi/services``.
+AVAHI_SERVICE = "glimpse.service"
 #: How a remote command becomes root: as it is for root, through sudo (no password prompt) otherwise.
 AS_ROOT = 'if [ "$(id -u)" = 0 ]; then {0}; else sudo -n {0}; fi'
 
@@ -71,6 +84,7 @@ class InstallOptions:
         wheelhouse: a wheelhouse directory on the device, or ``None``.
         wheel: a Glimpse wheel on the device (with dependencies from the index), or ``None``.
         unit_text: the systemd unit to adapt (default: :data:`UNIT_FILE`).
+        hostname: the device's new host name (``NAME.local`` on the LAN), or ``None`` to keep it.
     """
 
     data_dir: str = "/var/lib/glimpse"
@@ -80,6 +94,36 @@ class InstallOptions:
     wheelhouse: str | None = None
     wheel: str | None = None
     unit_text: str | None = None
+    hostname: str | None = None
+
+
+def check_hostname(name: str) -> str:
+    """``name`` if it can be a host name and an mDNS name: one label of letters, digits and
+    hyphens (RFC 1123), at most 63 characters, not starting or ending with a hyphen.
+
+    Raises:
+        InstallFailed: it cannot, saying what can.
+    """
+    if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?", name or ""):
+        raise InstallFailed(f"--hostname {name!r} is not a host name: use letters, digits and hyphens "
+                            "(at most 63, no dots, not starting or ending with a hyphen), e.g. glimpse")
+    return name.lower()
+
+
+def avahi_service(port: int) -> str:
+    """The avahi service file announcing the web UI (``_http._tcp`` on ``port``) as "Glimpse on HOSTNAME"."""
+    return f"""<?xml version="1.0" standalone='no'?>
+<!DOCTYPE service-group SYSTEM "avahi-service.dtd">
+<!-- The Glimpse web UI on the LAN, from glimpse-provision push with its install option. -->
+<service-group>
+  <name replace-wildcards="yes">Glimpse on %h</name>
+  <service>
+    <type>_http._tcp</type>
+    <port>{int(port)}</port>
+    <txt-record>path=/</txt-record>
+  </service>
+</service-group>
+"""
 
 
 def unit_text(options: InstallOptions) -> str:
@@ -130,6 +174,7 @@ def install_script(options: InstallOptions) -> str:
     else:
         raise InstallFailed("install needs a wheelhouse or a Glimpse wheel")
     unit = unit_text(options)
+    hostname = check_hostname(options.hostname) if options.hostname else ""
     if "\nGLIMPSE_UNIT\n" in f"\n{unit}":
         raise InstallFailed("the systemd unit contains the here-document marker GLIMPSE_UNIT")
     login = options.login_user if options.login_user not in (None, "root") else ""
@@ -140,6 +185,8 @@ DESTDIR="${{DESTDIR:-}}"
 SERVICE_USER={SERVICE_USER}
 LOGIN_USER={shell(login) if login else "''"}
 DATA_DIR={shell(options.data_dir)}
+PORT={int(options.daemon_port)}
+NEW_HOSTNAME={shell(hostname) if hostname else "''"}
 VENV="$DESTDIR"{shell(options.venv)}
 UNIT="$DESTDIR/etc/systemd/system/{SERVICE}"
 say() {{ printf 'install: %s\\n' "$*"; }}
@@ -191,6 +238,46 @@ step_unit() {{
     say "unit: $UNIT"
 }}
 
+step_hostname() {{
+    if [ -z "$NEW_HOSTNAME" ]; then
+        say "hostname: kept ($(cat "$DESTDIR/etc/hostname" 2>/dev/null || hostname)); --hostname NAME changes it"
+        return 0
+    fi
+    old=$(cat "$DESTDIR/etc/hostname" 2>/dev/null || true)
+    install -d -m 0755 "$DESTDIR/etc"
+    printf '%s\\n' "$NEW_HOSTNAME" > "$DESTDIR/etc/hostname"
+    # Debian names the machine itself on 127.0.1.1 (sudo and others look the name up there).
+    if [ -f "$DESTDIR/etc/hosts" ] && grep -q '^127\\.0\\.1\\.1[[:space:]]' "$DESTDIR/etc/hosts"; then
+        sed -i "s/^127\\.0\\.1\\.1[[:space:]].*/127.0.1.1\\t$NEW_HOSTNAME/" "$DESTDIR/etc/hosts"
+    else
+        printf '127.0.1.1\\t%s\\n' "$NEW_HOSTNAME" >> "$DESTDIR/etc/hosts"
+    fi
+    if [ -z "$DESTDIR" ]; then
+        if [ -d /run/systemd/system ]; then hostnamectl set-hostname "$NEW_HOSTNAME"; else hostname "$NEW_HOSTNAME"; fi
+        # avahi-daemon keeps the name it started with until told.
+        if command -v avahi-set-host-name >/dev/null 2>&1; then
+            avahi-set-host-name "$NEW_HOSTNAME" 2>/dev/null || true
+        elif [ -d /run/systemd/system ]; then
+            systemctl try-restart avahi-daemon.service || true
+        fi
+    fi
+    say "hostname: ${{old:-(none)}} -> $NEW_HOSTNAME (http://$NEW_HOSTNAME.local:$PORT/)"
+}}
+
+step_avahi() {{
+    dir="$DESTDIR/etc/avahi/services"
+    install -d -m 0755 "$dir"
+    cat > "$dir/{AVAHI_SERVICE}.tmp" <<'GLIMPSE_AVAHI'
+{avahi_service(options.daemon_port)}GLIMPSE_AVAHI
+    chmod 0644 "$dir/{AVAHI_SERVICE}.tmp"
+    mv -f "$dir/{AVAHI_SERVICE}.tmp" "$dir/{AVAHI_SERVICE}"
+    if [ -z "$DESTDIR" ] && ! command -v avahi-daemon >/dev/null 2>&1 && [ ! -x /usr/sbin/avahi-daemon ]; then
+        say "avahi: $dir/{AVAHI_SERVICE} written, but avahi-daemon is not installed: apt install avahi-daemon, or let Glimpse announce itself (advertise = auto)"
+    else
+        say "avahi: $dir/{AVAHI_SERVICE} announces _http._tcp on port $PORT"
+    fi
+}}
+
 step_service() {{
     if [ -n "$DESTDIR" ] || [ ! -d /run/systemd/system ]; then
         say "service: systemd is not running here (or DESTDIR is set): enable and start {SERVICE} by hand"
@@ -231,8 +318,31 @@ def check_wheelhouse(manifest: dict, python: str, machine: str) -> None:
                         f"make one with glimpse-provision wheelhouse --platform linux_{machine} --python {python}")
 
 
+def rename(remote: Remote, hostname: str, daemon_port: int, log: PushLog) -> str:
+    """Give the device a new host name (the ``hostname`` step alone, as root); run after the push.
+
+    Returns:
+        The address people type now, ``http://NAME.local:PORT/``.
+
+    Raises:
+        InstallFailed: ``hostname`` cannot be a host name, or the step failed.
+    """
+    name = check_hostname(hostname)
+    log.begin()
+    # Only the steps' functions are used; no wheel is installed by the hostname step.
+    script = install_script(InstallOptions(hostname=name, daemon_port=daemon_port, wheel=f"{STAGING}/unused.whl"))
+    proc = remote.run(AS_ROOT.format("env GLIMPSE_INSTALL_STEPS=hostname sh -s"), input=script, timeout=300)
+    for line in proc.stdout.splitlines():
+        if line.startswith("install: "):
+            log.step("install", line.removeprefix("install: "))
+    if proc.returncode != 0:
+        raise InstallFailed(f"setting the host name failed: {last_line(proc.stderr) or proc.returncode}")
+    suffix = "" if daemon_port == 80 else f":{daemon_port}"
+    return f"http://{name}.local{suffix}/"
+
+
 def install(remote: Remote, options: PushOptions, wheelhouse: Path | None, log: PushLog,
-            staging: str = STAGING) -> PushOptions:
+            staging: str = STAGING, hostname: str | None = None) -> PushOptions:
     """Set the device up (see the module docstring) and return push options that start the service.
 
     Args:
@@ -241,6 +351,7 @@ def install(remote: Remote, options: PushOptions, wheelhouse: Path | None, log: 
         wheelhouse: a local wheelhouse directory to install from, or ``None`` for the index.
         log: the push log.
         staging: where the wheels go on the device.
+        hostname: checked only: the new host name is given after the push, by :func:`rename`.
 
     Raises:
         InstallFailed: a step failed (its output is in the message), or the wheelhouse
@@ -249,6 +360,8 @@ def install(remote: Remote, options: PushOptions, wheelhouse: Path | None, log: 
         DeviceUnreachable: ssh cannot log in.
     """
     venv = str(PurePosixPath(options.remote_glimpse).parent.parent)
+    if hostname:
+        check_hostname(hostname)  # before anything is sent
     staging = PurePosixPath(staging)
     log.begin()
     with tempfile.TemporaryDirectory(prefix="glimpse-install-") as tmp:

@@ -195,6 +195,22 @@ def test_searches_leave_the_screen_alone_until_shown_on_it(rig):
     assert r.daemon.metrics.queries.labels(kind="text")._value.get() == 4
 
 
+def test_surprise_runs_the_next_saved_query_even_while_web_results_are_shown(rig):
+    # Home Assistant's "Surprise me" button (device/home_assistant.py) posts "surprise".
+    r = rig()
+    client = create_app(r.daemon).test_client()
+    assert client.post("/api/admin/show", json={"q": "space"}).status_code == 200
+    r.panel.post("surprise")
+    r.settle(len(r.panel.actions) + 1)
+    after = r.daemon.slideshow.snapshot()
+    assert (after.source, after.query, after.current.item.path) == ("saved", "a cup of coffee", "kitchen/coffee.png")
+    assert r.panel.actions[-1] == ("saved", "a cup of coffee")
+    empty = rig(saved_queries="")
+    empty.panel.post("surprise")
+    empty.settle(len(empty.panel.actions) + 1)
+    assert empty.panel.actions[-1] == ("nothing",) and empty.daemon.slideshow.snapshot().source == "none"
+
+
 def test_without_saved_queries_presses_go_round_the_results(rig):
     r = rig(saved_queries="")
     r.press()

@@ -44,6 +44,7 @@ ERROR = "error"      # something failed (a reload was refused)
 DISK_FULL = "disk full"  # the data directory's disk is full: adding photos waits
 DISK_OK = "disk ok"      # space returned
 TOKEN = "token"      # the first-start admin token appeared or stopped being shown
+SURPRISE = "surprise"  # run the next saved query (Home Assistant's "Surprise me" button)
 
 
 class Panel:
@@ -91,7 +92,7 @@ class Panel:
 
     def post(self, event: str) -> None:
         """Queue ``event`` (``press``, ``hold``, ``changed``, ``ready``, ``error``, ``disk full``,
-        ``disk ok``, ``token``) for the main loop."""
+        ``disk ok``, ``token``, ``surprise``) for the main loop."""
         self._events.put(event)
         self._wake()
 
@@ -175,6 +176,12 @@ class Panel:
                 self._dirty = True
         elif event == TOKEN:
             self._dirty = True
+        elif event == SURPRISE:
+            if self.options.saved_queries:
+                self._run_saved()
+            else:
+                self._record("nothing")
+                log.info("surprise asked for: saved_queries is empty")
         else:
             raise ValueError(f"unknown panel event {event!r}")
 

@@ -195,7 +195,7 @@ def create_app(daemon) -> Flask:
     @app.get("/help")
     def help_page():
         return render_template("help.html", bundle=g.searcher.bundle, relevance=g.searcher.relevance,
-                               version=__version__, query="")
+                               version=__version__, query="", about=daemon.status())
 
     @app.get("/thumbs/<item_id>")
     def thumb(item_id: str):
@@ -450,7 +450,8 @@ def create_app(daemon) -> Flask:
         except ValueError:
             position = showing.position
         state = {"generation": showing.generation, "query": showing.query, "title": title, "position": position,
-                 "kind": kind, "interval": interval, "slides": slides, "admin_token": _screen_token()}
+                 "kind": kind, "interval": interval, "slides": slides, "admin_token": _screen_token(),
+                 "address": daemon.address}
         next_url = url_for("kiosk", i=(position + 1) % max(1, len(slides)), interval=request.args.get("interval"))
         return render_template("kiosk.html", state=state, slide=slides[position] if slides else None,
                                error=error, bundle=searcher.bundle, next_url=next_url,
@@ -462,7 +463,7 @@ def create_app(daemon) -> Flask:
         slides, kind, title = _slides(g.searcher, showing)
         return jsonify({"generation": showing.generation, "query": showing.query, "title": title,
                         "position": showing.position, "source": showing.source, "kind": kind, "slides": slides,
-                        "admin_token": _screen_token()})
+                        "admin_token": _screen_token(), "address": daemon.address})
 
     def _screen_token() -> str | None:
         """The first start's admin token, for the kiosk's own screen: only to this device
