@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from device.wording import plural
+
 #: Share of "strong" (query, photo) pairs of the tuning half that must be right answers.
 TARGET_PRECISION = 0.5
 #: Fewest strong pairs a threshold must keep (a threshold above all but a handful of
@@ -191,7 +193,7 @@ def calibrate(model_dir: Path, target_precision: float = TARGET_PRECISION,
     scores, relevant = labelled_pairs(query_vectors, photo_vectors, [p.id for p in photos],
                                       [group["relevant"] for group, _, _ in queries])
     source = (f"bench/eval tune half: {len(queries)} queries ({len(groups)} groups x "
-              f"{len(eval_set.LANGUAGES)} languages) x {len(photos)} photos")
+              f"{len(eval_set.LANGUAGES)} languages) x {plural(len(photos), 'photo')}")
     return relevance_doc(scores, relevant, photo_vectors, source, target_precision, percentile)
 
 

@@ -150,7 +150,7 @@ def test_a_hold_takes_a_photo_and_shows_the_most_similar_photos(rig):
     assert r.daemon.status()["front_panel"]["camera"].startswith("mock camera")
 
 
-def test_what_the_camera_sees_decides_the_results(rig):
+def test_what_the_camera_sees_decides_the_results(rig, spec):
     r = rig(sees="rocket.jpg")
     r.hold()
     assert r.daemon.slideshow.snapshot().results[0].item.path == "space/rocket.jpg"
@@ -158,7 +158,7 @@ def test_what_the_camera_sees_decides_the_results(rig):
     r.hold()
     assert r.daemon.slideshow.snapshot().results[0].item.path == "kitchen/coffee.png"
     assert r.camera.captures == 2
-    status = client.get("/api/status").get_json()
+    status = create_app(r.daemon).test_client().get("/api/status").get_json()
     assert status["front_panel"]["camera"] == r.camera.name
     assert schema_errors(spec, _response_schema(spec, "/api/status", 200), status) == []
 

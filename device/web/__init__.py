@@ -88,7 +88,8 @@ def create_app(daemon) -> Flask:
     def _begin():
         g.started = time.perf_counter()
         g.searcher = daemon.searcher  # this request finishes on this bundle, even across a reload
-        _check_forgery(settings)
+        if request.routing_exception is None:  # no route or method: the 404 or 405 says so first
+            _check_forgery(settings)
 
     @app.after_request
     def _end(response):

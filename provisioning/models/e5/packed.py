@@ -52,6 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from device.errors import ModelInvalid
+from device.wording import plural
 
 MAGIC = b"E5S1"
 #: Weights per Q4_0 block.
@@ -120,7 +121,7 @@ class PackedModel:
         dtype, count, raw = self.tensors[name]
         if dtype == _F32:
             if len(raw) != 4 * count:
-                raise ModelInvalid(f"{name}: {len(raw)} bytes for {count} float32")
+                raise ModelInvalid(f"{name}: {plural(len(raw), 'byte')} for {count} float32")
             return np.frombuffer(raw, dtype="<f4").astype(np.float32)
         if dtype == _Q4:
             cols = self.config.ffn if name.endswith("fo.w") else self.config.hidden
@@ -138,7 +139,7 @@ def dequantize_q4_0(raw, count: int, cols: int) -> np.ndarray:
         raise ModelInvalid(f"{count} weights do not make rows of {cols}")
     blocks = np.frombuffer(raw, dtype=_BLOCK)
     if blocks.size * QK != count:
-        raise ModelInvalid(f"{len(raw)} bytes hold {blocks.size * QK} weights, not {count}")
+        raise ModelInvalid(f"{plural(len(raw), 'byte')} hold {blocks.size * QK} weights, not {count}")
     low = (blocks["qs"] & 0x0F).astype(np.int8) - 8
     high = (blocks["qs"] >> 4).astype(np.int8) - 8
     weights = np.concatenate([low, high], axis=1).astype(np.float32)
