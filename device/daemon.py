@@ -301,6 +301,12 @@ class Daemon:
         # The encoder is shared with the ingest worker; its embed_image takes the lock.
         return self._encoder_for_ingest().embed_image(image)
 
+    @property
+    def has_camera(self) -> bool:
+        """Whether the front panel's camera can take a photo to search by (:meth:`look`)."""
+        panel = self.panel
+        return panel is not None and panel.hardware.has_camera
+
     def look(self):
         """"What is this like?": take a photo with the camera and show the most similar photos.
 
