@@ -30,9 +30,10 @@ from device.errors import (BundleInvalid, BundleNameInvalid, CameraUnavailable, 
                            ItemNotFound, QueryInvalid)
 from device.search import Filters, Result, check_page
 from device.web.context import (CSRF_COOKIE, CSRF_FIELD, WebContext, admin_refusal, check_forgery,
-                                content_disposition, csrf_token, error_page, from_another_site, is_local, item_or_404,
+                                content_disposition, csrf_token, error_page, is_local, item_or_404,
                                 known, request_filters, request_page, require_admin, sent_photo, token_needed,
                                 with_retry_after)
+from device.web import kiosk
 from device.wording import plural
 
 __all__ = ["create_app", "content_disposition"]
@@ -347,79 +348,6 @@ def create_app(daemon: WebContext) -> Flask:
                         "thumb_url": url_for("thumb", item_id=item.id),
                         "image_url": url_for("image", item_id=item.id)})
 
-    # --- the kiosk: a full-screen slideshow for an HDMI screen (docs/kiosk.md) ---------
-
-    def _slides(searcher, showing) -> tuple[list[dict], str, str]:
-        """The slides of ``showing`` (with no results, the library's first photos),
-        their kind and the title shown above them."""
-        if showing.results:
-            slides = [dict(_slide(r.item), score=round(float(r.score), 4)) for r in showing.results]
-            return slides, "results", f"\u201c{showing.query}\u201d"
-        items = searcher.bundle.items[:settings.slideshow_results]
-        total = len(searcher.bundle)
-        # The title counts what the slideshow steps through ("1 / 12"), not more.
-        title = (f"{plural(total, 'photo')} on this Glimpse" if len(items) == total
-                 else f"The first {len(items)} of {total} photos on this Glimpse")
-        return [_slide(item) for item in items], "library", title
-
-    def _slide(item) -> dict:
-        return {"id": item.id, "name": item.name, "path": item.path,
-                "image": url_for("image", item_id=item.id), "thumb": url_for("thumb", item_id=item.id)}
-
-    def _interval() -> float:
-        raw = request.args.get("interval")
-        if raw in (None, ""):
-            return settings.kiosk_interval
-        try:
-            value = float(raw)
-        except ValueError:
-            raise QueryInvalid("interval must be a number of seconds") from None
-        if not 0.2 <= value <= 3600:  # below a second only makes sense for tests and demos
-            raise QueryInvalid("interval must be between 0.2 and 3600 seconds")
-        return value
-
-    @app.get("/kiosk")
-    def kiosk():
-        searcher = g.searcher
-        query = request.args.get("q", "")
-        error = None
-        try:
-            interval = _interval()
-            if query.strip():  # the screen's own query (the kiosk unit's URL)
-                if from_another_site(settings):  # a GET, but it changes what the screen shows
-                    abort(403, description="refused: a page of another site cannot change what the screen "
-                                           "shows; open /kiosk?q=... yourself")
-                daemon.show(query, filters=request_filters(settings))
-        except QueryInvalid as exc:
-            error, interval = str(exc), settings.kiosk_interval
-        showing = daemon.slideshow.snapshot()
-        slides, kind, title = _slides(searcher, showing)
-        try:
-            position = int(request.args.get("i", showing.position)) % max(1, len(slides))
-        except ValueError:
-            position = showing.position
-        state = {"generation": showing.generation, "query": showing.query, "title": title, "position": position,
-                 "kind": kind, "interval": interval, "slides": slides, "admin_token": _screen_token(),
-                 "address": daemon.address}
-        next_url = url_for("kiosk", i=(position + 1) % max(1, len(slides)), interval=request.args.get("interval"))
-        return render_template("kiosk.html", state=state, slide=slides[position] if slides else None,
-                               error=error, bundle=searcher.bundle, next_url=next_url,
-                               version=__version__), (400 if error else 200)
-
-    @app.get("/api/kiosk")
-    def api_kiosk():
-        showing = daemon.slideshow.snapshot()
-        slides, kind, title = _slides(g.searcher, showing)
-        return jsonify({"generation": showing.generation, "query": showing.query, "title": title,
-                        "position": showing.position, "source": showing.source, "kind": kind, "slides": slides,
-                        "admin_token": _screen_token(), "address": daemon.address})
-
-    def _screen_token() -> str | None:
-        """The first start's admin token, for the kiosk's own screen: only to this device
-        (the kiosk browser runs on it), never to another machine on the network."""
-        token = daemon.admin.first_token
-        return token if token and is_local(request.remote_addr) else None
-
     # --- "Show on the screen": an admin puts results or a photo on the device ---------
 
     def _show(fields) -> dict:
@@ -505,6 +433,8 @@ def create_app(daemon: WebContext) -> Flask:
         from device.metrics import CONTENT_TYPE
 
         return Response(daemon.metrics.render(), content_type=CONTENT_TYPE)
+
+    kiosk.register(app, daemon)
 
     # --- errors ------------------------------------------------------------------------
 
