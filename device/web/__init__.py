@@ -28,21 +28,17 @@ from werkzeug.exceptions import HTTPException
 from device import __version__
 from device.errors import (BundleInvalid, BundleNameInvalid, CameraUnavailable, GlimpseError, ImageUnreadable,
                            ItemNotFound, QueryInvalid)
-from device.search import Filters, Result, check_page
+from device.search import Filters, Result
 from device.web.context import (CSRF_COOKIE, CSRF_FIELD, WebContext, admin_refusal, check_forgery,
                                 content_disposition, csrf_token, error_page, is_local, item_or_404,
                                 known, request_filters, request_page, require_admin, sent_photo, token_needed,
                                 with_retry_after)
-from device.web import kiosk
+from device.web import api, kiosk
 from device.wording import plural
 
 __all__ = ["create_app", "content_disposition"]
 
 log = logging.getLogger("glimpse.web")
-
-#: Most results one API call returns.
-API_MAX_K = 200
-
 
 def create_app(daemon: WebContext) -> Flask:
     """The Flask app serving ``daemon``'s current bundle.
@@ -280,12 +276,6 @@ def create_app(daemon: WebContext) -> Flask:
 
     # --- "What is this like?": a photo from a phone's camera, or the device's own ----------
 
-    @app.post("/api/search/photo")
-    def api_search_photo():
-        k, offset = _api_page()
-        results = daemon.similar_to_photo(sent_photo(daemon), k=k, offset=offset, filters=request_filters(settings))
-        return jsonify([r.to_json() for r in results])
-
     @app.post("/photo")
     def photo_search():
         """The search-by-photo form (a phone's camera): a results page; the photo is not kept."""
@@ -318,35 +308,6 @@ def create_app(daemon: WebContext) -> Flask:
         if refusal:
             return with_retry_after(error_page(refusal.status, refusal.reason), refusal)
         return render_template("shown.html", shown=_look(), back=url_for("index"), version=__version__, query="")
-
-    # --- JSON API (docs/openapi.json) -------------------------------------------------
-
-    def _api_page() -> tuple[int, int]:
-        return check_page(request.args.get("k", "10"), request.args.get("offset", "0"), max_k=API_MAX_K)
-
-    @app.get("/api/search")
-    def api_search():
-        query = request.args.get("q")
-        if query is None:
-            raise QueryInvalid("missing parameter q (the query text)")
-        k, offset = _api_page()
-        results = g.searcher.search(query, k=k, offset=offset, filters=request_filters(settings))
-        daemon.metrics.queries.labels(kind="text").inc()
-        return jsonify([r.to_json() for r in results])
-
-    @app.get("/api/similar/<item_id>")
-    def api_similar(item_id: str):
-        k, offset = _api_page()
-        results = g.searcher.similar(item_id, k=k, offset=offset, filters=request_filters(settings))
-        daemon.metrics.queries.labels(kind="similar").inc()
-        return jsonify([r.to_json() for r in results])
-
-    @app.get("/api/items/<item_id>")
-    def api_item(item_id: str):
-        item = g.searcher.item(item_id)
-        return jsonify({**item.to_json(), "folder": item.folder, "name": item.name,
-                        "thumb_url": url_for("thumb", item_id=item.id),
-                        "image_url": url_for("image", item_id=item.id)})
 
     # --- "Show on the screen": an admin puts results or a photo on the device ---------
 
@@ -402,10 +363,6 @@ def create_app(daemon: WebContext) -> Flask:
             return url_for("similar_page", item_id=fields["similar"]) + "?" + urlencode(known(fields, ("q",)))
         return url_for("index") + "?" + urlencode(known(fields))
 
-    @app.get("/api/status")
-    def api_status():
-        return jsonify(daemon.status())
-
     @app.post("/api/admin/reload")
     def api_reload():
         require_admin(daemon)
@@ -422,18 +379,7 @@ def create_app(daemon: WebContext) -> Flask:
         except (BundleInvalid, GlimpseError) as exc:
             return jsonify({"error": f"reload refused, the previous bundle keeps serving: {exc}"}), 409
 
-    @app.get("/healthz")
-    def healthz():
-        bundle = g.searcher.bundle
-        return jsonify({"status": "ok", "bundle_id": bundle.id, "items": len(bundle),
-                        "model": bundle.spec.full_id, "version": __version__})
-
-    @app.get("/metrics")
-    def metrics():
-        from device.metrics import CONTENT_TYPE
-
-        return Response(daemon.metrics.render(), content_type=CONTENT_TYPE)
-
+    api.register(app, daemon)
     kiosk.register(app, daemon)
 
     # --- errors ------------------------------------------------------------------------
