@@ -1,9 +1,20 @@
 """The web UI and JSON API, as a Flask application factory.
 
 Every asset is served from this package (no CDN): the appliance is offline.
-Photos are served only through the bundle's manifest, so no request can reach
-a file outside the bundle. Pages work without JavaScript; the script only makes
-results appear as you type.
+:func:`create_app` assembles the app from one module per audience:
+
+- :mod:`device.web.context`: what the web layer needs of the daemon (the
+  :class:`~device.web.context.WebContext` protocol) and the helpers all routes
+  share (error pages, admin checks, CSRF, the parameters of a results page);
+- :mod:`device.web.pages`: the HTML pages (search, browse, a photo, similar, help)
+  and the photos themselves;
+- :mod:`device.web.api`: the JSON API (docs/openapi.json), health and metrics;
+- :mod:`device.web.admin`: the routes that change the appliance (adding photos,
+  the device's camera, "Show on the screen", reload);
+- :mod:`device.web.kiosk`: the full-screen slideshow for an HDMI screen.
+
+This module holds what applies to every request: the template globals, the
+forgery check before it, the metrics and headers after it, and the error pages.
 
 What the device shows (its :class:`~device.slideshow.Slideshow`: the
 front-panel button steps through it and ``/kiosk``, the full-screen slideshow
@@ -12,8 +23,9 @@ for an HDMI screen, draws it) changes only when asked: the kiosk page's own
 page. Other people's searches stay on their own screens.
 
 Every state-changing request is checked against cross-site request forgery
-(:func:`~device.web.context.check_forgery`): a page of another site must not drive the appliance
-through the browser of someone on the LAN, or the kiosk's own browser.
+(:func:`~device.web.context.check_forgery`): a page of another site must not
+drive the appliance through the browser of someone on the LAN, or the kiosk's
+own browser.
 """
 
 from __future__ import annotations
@@ -22,20 +34,19 @@ import logging
 import time
 from urllib.parse import urlencode
 
-from flask import Flask, abort, g, redirect, render_template, request, send_file, url_for
+from flask import Flask, g, request
 from werkzeug.exceptions import HTTPException
 
-from device import __version__
-from device.errors import GlimpseError, ImageUnreadable, ItemNotFound, QueryInvalid
-from device.search import Filters
+from device.errors import GlimpseError, ItemNotFound, QueryInvalid
+from device.web import admin, api, kiosk, pages
 from device.web.context import (CSRF_COOKIE, WebContext, check_forgery, content_disposition, csrf_token, error_page,
-                                is_local, item_or_404, known, request_filters, request_page, sent_photo, token_needed)
-from device.web import admin, api, kiosk
+                                is_local, known, token_needed)
 from device.wording import plural
 
-__all__ = ["create_app", "content_disposition"]
+__all__ = ["WebContext", "content_disposition", "create_app"]
 
 log = logging.getLogger("glimpse.web")
+
 
 def create_app(daemon: WebContext) -> Flask:
     """The Flask app serving ``daemon``'s current bundle.
@@ -84,117 +95,7 @@ def create_app(daemon: WebContext) -> Flask:
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         return response  # the access log line is the server's (device/server.py), its URL bounded
 
-    def _render_results(template: str, run, **context):
-        """Render a results page; a bad parameter shows its reason with status 400."""
-        searcher = g.searcher
-        size = settings.page_size
-        error, results, page, filters = None, [], 0, Filters()
-        try:
-            page = request_page()
-            filters = request_filters(settings)
-            results = run(searcher, size + 1, page * size, filters)
-        except QueryInvalid as exc:
-            error = str(exc)
-        more = len(results) > size
-        results = results[:size]
-        # Said on the first page only: a later page starts where the strong matches may have ended.
-        no_good_match = (page == 0 and bool(results) and searcher.relevance is not None
-                         and not any(r.strength == "strong" for r in results))
-        return render_template(
-            template, results=results, error=error, page=page, more=more, filters=filters,
-            no_good_match=no_good_match,
-            folders=searcher.folders(), bundle=searcher.bundle, version=__version__, args=request.args,
-            **context), (400 if error else 200)
-
-    @app.get("/")
-    def index():
-        query = request.args.get("q", "")
-        if not query.strip():  # the start page: browse the library, filtered by folder and date
-            searcher = g.searcher
-            size = settings.page_size
-            error, page, filters = None, 0, Filters()
-            try:
-                page = request_page()
-                filters = request_filters(settings)
-            except QueryInvalid as exc:
-                error = str(exc)
-            listed = [item for item in searcher.all_items() if filters.admits(item)]
-            items = listed[page * size:(page + 1) * size + 1]
-            return render_template("index.html", query="", results=[], browse=items[:size], error=error, page=page,
-                                   more=len(items) > size, filters=filters, folders=searcher.folders(),
-                                   bundle=searcher.bundle, version=__version__, args=request.args), (400 if error else 200)
-
-        def run(searcher, k, offset, filters):
-            results = searcher.search(query, k=k, offset=offset, filters=filters)
-            daemon.metrics.queries.labels(kind="text").inc()
-            return results
-        return _render_results("index.html", run, query=query, browse=[])
-
-    @app.get("/items/<item_id>")
-    def item_page(item_id: str):
-        searcher = g.searcher
-        item = item_or_404(searcher, item_id)
-        score = request.args.get("score")
-        try:
-            score = float(score) if score else None
-        except ValueError:
-            score = None
-        return render_template("item.html", item=item, score=score, bundle=searcher.bundle,
-                               has_preview=bool(item.preview), version=__version__, query=request.args.get("q", ""))
-
-    @app.get("/similar/<item_id>")
-    def similar_page(item_id: str):
-        item = item_or_404(g.searcher, item_id)
-        if request.args.get("q", "").strip():  # a text search typed on this page
-            # Only the known parameters: others (endpoint, _external, _scheme...) are url_for's own.
-            return redirect(url_for("index") + "?" + urlencode(known(request.args)))
-
-        def run(searcher, k, offset, filters):
-            results = searcher.similar(item.id, k=k, offset=offset, filters=filters)
-            daemon.metrics.queries.labels(kind="similar").inc()
-            return results
-        return _render_results("index.html", run, query="", similar_to=item, browse=[])
-
-    @app.get("/help")
-    def help_page():
-        return render_template("help.html", bundle=g.searcher.bundle, relevance=g.searcher.relevance,
-                               version=__version__, query="", about=daemon.status())
-
-    @app.get("/thumbs/<item_id>")
-    def thumb(item_id: str):
-        searcher = g.searcher
-        item = item_or_404(searcher, item_id)
-        return send_file(searcher.file(item.thumb), max_age=86400, conditional=True)
-
-    @app.get("/images/<item_id>")
-    def image(item_id: str):
-        searcher = g.searcher
-        item = item_or_404(searcher, item_id)
-        return send_file(searcher.file(item.preview or item.thumb), max_age=86400, conditional=True)
-
-    @app.get("/originals/<item_id>")
-    def original(item_id: str):
-        searcher = g.searcher
-        item = item_or_404(searcher, item_id)
-        if not item.original:
-            abort(404, description="this bundle does not carry the original")
-        response = send_file(searcher.file(item.original), max_age=86400, conditional=True)
-        response.headers["Content-Disposition"] = content_disposition(item.name)
-        return response
-
-    @app.post("/photo")
-    def photo_search():
-        """The search-by-photo form (a phone's camera): a results page; the photo is not kept."""
-        searcher = g.searcher
-        error, results, status = None, [], 200
-        try:
-            results = daemon.similar_to_photo(sent_photo(daemon), k=settings.page_size)
-        except (QueryInvalid, ImageUnreadable) as exc:
-            error, status = (exc.reason if isinstance(exc, ImageUnreadable) else str(exc)), 400
-        return render_template("index.html", results=results, error=error, page=0, more=False, filters=Filters(),
-                               folders=searcher.folders(), bundle=searcher.bundle, version=__version__,
-                               args=request.args, query="", browse=[], photo_search=True), status
-
+    pages.register(app, daemon)
     admin.register(app, daemon)
     api.register(app, daemon)
     kiosk.register(app, daemon)
