@@ -72,9 +72,9 @@ def register(app: Flask, ctx: WebContext) -> None:
     def item_page(item_id: str):
         searcher = g.searcher
         item = item_or_404(searcher, item_id)
-        score = request.args.get("score")
+        sent = request.args.get("score")
         try:
-            score = float(score) if score else None
+            score = float(sent) if sent else None
         except ValueError:
             score = None
         return render_template("item.html", item=item, score=score, bundle=searcher.bundle,
