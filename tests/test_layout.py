@@ -6,6 +6,8 @@ import ast
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 
@@ -48,19 +50,22 @@ def test_the_web_layer_reaches_the_daemon_only_through_its_protocol():
     assert offenders == []
 
 
-def test_the_daemon_is_what_the_web_layer_needs(tmp_path):
-    """Every member of WebContext exists on Daemon, methods with the same parameters."""
+@pytest.mark.parametrize("seam", ["device.web.context.WebContext", "device.hw.panel.PanelContext"])
+def test_the_daemon_is_what_the_web_layer_and_the_panel_need(tmp_path, seam):
+    """Every member of the seam's Protocol exists on Daemon, methods with the same parameters."""
+    import importlib
     import inspect
 
     from device import settings
     from device.daemon import Daemon
-    from device.web.context import WebContext
 
+    module, _, name = seam.rpartition(".")
+    protocol = getattr(importlib.import_module(module), name)
     daemon = Daemon(settings.load({"data_dir": str(tmp_path)}, env={}))
-    wanted = set(WebContext.__annotations__) | {name for name, member in vars(WebContext).items()
-                                                if not name.startswith("_") and (callable(member)
-                                                                                  or isinstance(member, property))}
-    assert {"searcher", "settings", "status", "reload", "show", "has_camera"} <= wanted
+    wanted = set(protocol.__annotations__) | {name for name, member in vars(protocol).items()
+                                              if not name.startswith("_") and (callable(member)
+                                                                                or isinstance(member, property))}
+    assert {"settings", "slideshow", "show"} <= wanted
     missing = []
     for name in sorted(wanted):
         try:
@@ -68,7 +73,7 @@ def test_the_daemon_is_what_the_web_layer_needs(tmp_path):
         except AttributeError:
             missing.append(name)
             continue
-        member = vars(WebContext).get(name)
+        member = vars(protocol).get(name)
         if callable(member) and not isinstance(member, property):
             assert list(inspect.signature(found).parameters) == list(inspect.signature(member).parameters), name
     assert missing == []
