@@ -62,9 +62,9 @@ def test_the_daemon_is_what_the_web_layer_and_the_panel_need(tmp_path, seam):
     module, _, name = seam.rpartition(".")
     protocol = getattr(importlib.import_module(module), name)
     daemon = Daemon(settings.load({"data_dir": str(tmp_path)}, env={}))
-    wanted = set(protocol.__annotations__) | {name for name, member in vars(protocol).items()
-                                              if not name.startswith("_") and (callable(member)
-                                                                                or isinstance(member, property))}
+    members = vars(protocol).items()
+    wanted = set(protocol.__annotations__) | {name for name, member in members if not name.startswith("_")
+                                              and (callable(member) or isinstance(member, property))}
     assert {"settings", "slideshow", "show"} <= wanted
     missing = []
     for name in sorted(wanted):

@@ -84,7 +84,7 @@ def register(app: Flask, ctx: WebContext) -> None:
         refusal = admin_refusal(ctx)
         if refusal:  # the page again, saying why, with the token field (the browser cannot keep the files)
             return with_retry_after(_add_page(error=refusal.reason + ": choose the photos again",
-                                               status=refusal.status), refusal)
+                                              status=refusal.status), refusal)
         results, status = _upload(request.files.getlist("files"))
         response = Response(*_add_page(results=results, status=status))
         if status == 503:
