@@ -9,7 +9,7 @@
   operator who wrote one chose it, and it is then needed from this device too.
   The file's token opens admin calls to the network; calls from this device
   (loopback) are accepted without it, as before it existed (see
-  :func:`device.web._require_admin`).
+  :func:`device.web.context.require_admin`).
 * :class:`AttemptLimiter` counts failed admin attempts per client address, in
   memory and bounded in size; past ``admin_max_failures`` within
   ``admin_failure_window`` seconds, that address gets 429 with ``Retry-After``

@@ -27,6 +27,7 @@ import sqlite3
 import sys
 import threading
 import time
+import typing
 from pathlib import Path
 
 from device.admin import AttemptLimiter, TokenStore
@@ -37,6 +38,9 @@ from device.settings import Settings
 from device.slideshow import Slideshow
 from device.systemd import Notifier
 from device.wording import plural
+
+if typing.TYPE_CHECKING:
+    from device.ingest import DeltaLayer, FolderWatcher, IngestStore, Ingestor
 
 log = logging.getLogger("glimpse")
 
@@ -64,10 +68,10 @@ class Daemon:
         self._searcher: Searcher | None = None
         self._reload_lock = threading.Lock()
         # On-device ingest (see device/ingest.py); None when off.
-        self.ingest_store = None
-        self.delta = None
-        self.ingestor = None
-        self.watcher = None
+        self.ingest_store: IngestStore | None = None
+        self.delta: DeltaLayer | None = None
+        self.ingestor: Ingestor | None = None
+        self.watcher: FolderWatcher | None = None
         self._image_encoder = None
         self._encoder_lock = threading.Lock()
         self._embed_lock = threading.Lock()
@@ -300,6 +304,12 @@ class Daemon:
         """Embed ``image`` with the served model's image tower (loaded on first use)."""
         # The encoder is shared with the ingest worker; its embed_image takes the lock.
         return self._encoder_for_ingest().embed_image(image)
+
+    @property
+    def has_camera(self) -> bool:
+        """Whether the front panel's camera can take a photo to search by (:meth:`look`)."""
+        panel = self.panel
+        return panel is not None and panel.hardware.has_camera
 
     def look(self):
         """"What is this like?": take a photo with the camera and show the most similar photos.

@@ -6,6 +6,8 @@ import ast
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 
@@ -38,3 +40,40 @@ def test_importing_the_packages_loads_no_model_or_runtime():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     # device.web imports Flask by design; no interpreter or PyTorch at import time.
     assert out.strip() == "['flask']"
+
+
+def test_the_web_layer_reaches_the_daemon_only_through_its_protocol():
+    """device/web depends on device.web.context.WebContext, never on the daemon or the hardware."""
+    offenders = [f"{path.relative_to(REPO)}: {name}"
+                 for path in (REPO / "device" / "web").rglob("*.py")
+                 for name in _imports(path) if name in {"device.daemon", "device.cli"} or name.startswith("device.hw")]
+    assert offenders == []
+
+
+@pytest.mark.parametrize("seam", ["device.web.context.WebContext", "device.hw.panel.PanelContext"])
+def test_the_daemon_is_what_the_web_layer_and_the_panel_need(tmp_path, seam):
+    """Every member of the seam's Protocol exists on Daemon, methods with the same parameters."""
+    import importlib
+    import inspect
+
+    from device import settings
+    from device.daemon import Daemon
+
+    module, _, name = seam.rpartition(".")
+    protocol = getattr(importlib.import_module(module), name)
+    daemon = Daemon(settings.load({"data_dir": str(tmp_path)}, env={}))
+    members = vars(protocol).items()
+    wanted = set(protocol.__annotations__) | {name for name, member in members if not name.startswith("_")
+                                              and (callable(member) or isinstance(member, property))}
+    assert {"settings", "slideshow", "show"} <= wanted
+    missing = []
+    for name in sorted(wanted):
+        try:
+            found = inspect.getattr_static(daemon, name)  # static: the searcher property would raise (no bundle)
+        except AttributeError:
+            missing.append(name)
+            continue
+        member = vars(protocol).get(name)
+        if callable(member) and not isinstance(member, property):
+            assert list(inspect.signature(found).parameters) == list(inspect.signature(member).parameters), name
+    assert missing == []

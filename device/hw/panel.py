@@ -24,12 +24,20 @@ import socket
 import subprocess
 import threading
 import time
+import typing
 from typing import Callable
 
 from device.errors import GlimpseError
 from device.hw.button import HOLD, PRESS
 from device.hw.display import Screen
 from device.hw.factory import HardwareOptions, open_hardware
+
+if typing.TYPE_CHECKING:
+    from device.admin import TokenStore
+    from device.metrics import Metrics
+    from device.search import Filters, Searcher
+    from device.settings import Settings
+    from device.slideshow import Showing, Slideshow
 
 log = logging.getLogger("glimpse.hw")
 
@@ -47,12 +55,32 @@ TOKEN = "token"      # the first-start admin token appeared or stopped being sho
 SURPRISE = "surprise"  # run the next saved query (Home Assistant's "Surprise me" button)
 
 
+class PanelContext(typing.Protocol):
+    """What the front panel uses of the daemon (:class:`device.daemon.Daemon` is one)."""
+
+    settings: Settings
+    metrics: Metrics
+    slideshow: Slideshow
+    admin: TokenStore
+
+    @property
+    def serving(self) -> Searcher | None:
+        """The searcher serving now, ``None`` while starting (the display says so)."""
+
+    def show(self, query: str, *, filters: Filters | None = None, similar_to: str | None = None,
+             source: str = "web", kind: str = "text") -> Showing:
+        """Search, count the search, and put the results on the device's screen (saved queries)."""
+
+    def look(self) -> Showing:
+        """Take a photo with the camera and show the photos most like it (a hold)."""
+
+
 class Panel:
     """Drives the hardware for one daemon.
 
     Args:
-        daemon: the :class:`device.daemon.Daemon` (``searcher``, ``slideshow``,
-            ``metrics``, ``settings``).
+        daemon: the :class:`device.daemon.Daemon`, or anything else that is a
+            :class:`PanelContext`.
         options: parsed front-panel settings.
         wake: called after an event is posted, to wake the main loop.
         clock: monotonic time (tests inject one).
@@ -65,7 +93,7 @@ class Panel:
         HardwareInvalid: a front-panel setting cannot be meant.
     """
 
-    def __init__(self, daemon, options: HardwareOptions, wake: Callable[[], None] = lambda: None,
+    def __init__(self, daemon: PanelContext, options: HardwareOptions, wake: Callable[[], None] = lambda: None,
                  clock: Callable[[], float] = time.monotonic, address: Callable[[], str] | None = None,
                  **hardware_args):
         self.daemon = daemon

@@ -1,9 +1,20 @@
 """The web UI and JSON API, as a Flask application factory.
 
 Every asset is served from this package (no CDN): the appliance is offline.
-Photos are served only through the bundle's manifest, so no request can reach
-a file outside the bundle. Pages work without JavaScript; the script only makes
-results appear as you type.
+:func:`create_app` assembles the app from one module per audience:
+
+- :mod:`device.web.context`: what the web layer needs of the daemon (the
+  :class:`~device.web.context.WebContext` protocol) and the helpers all routes
+  share (error pages, admin checks, CSRF, the parameters of a results page);
+- :mod:`device.web.pages`: the HTML pages (search, browse, a photo, similar, help)
+  and the photos themselves;
+- :mod:`device.web.api`: the JSON API (docs/openapi.json), health and metrics;
+- :mod:`device.web.admin`: the routes that change the appliance (adding photos,
+  the device's camera, "Show on the screen", reload);
+- :mod:`device.web.kiosk`: the full-screen slideshow for an HDMI screen.
+
+This module holds what applies to every request: the template globals, the
+forgery check before it, the metrics and headers after it, and the error pages.
 
 What the device shows (its :class:`~device.slideshow.Slideshow`: the
 front-panel button steps through it and ``/kiosk``, the full-screen slideshow
@@ -12,57 +23,37 @@ for an HDMI screen, draws it) changes only when asked: the kiosk page's own
 page. Other people's searches stay on their own screens.
 
 Every state-changing request is checked against cross-site request forgery
-(:func:`_check_forgery`): a page of another site must not drive the appliance
-through the browser of someone on the LAN, or the kiosk's own browser.
+(:func:`~device.web.context.check_forgery`): a page of another site must not
+drive the appliance through the browser of someone on the LAN, or the kiosk's
+own browser.
 """
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
 import logging
-import math
-import re
-import secrets
-import socket
 import time
-import typing
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import urlencode
 
-from flask import Flask, Response, abort, g, jsonify, redirect, render_template, request, send_file, url_for
-from werkzeug.exceptions import HTTPException, TooManyRequests
+from flask import Flask, g, request
+from werkzeug.exceptions import HTTPException
 
-from device import __version__
-from device.errors import (BundleInvalid, BundleNameInvalid, CameraUnavailable, GlimpseError, ImageUnreadable,
-                           ItemNotFound, QueryInvalid)
-from device.search import Filters, Result, check_page
+from device.errors import GlimpseError, ItemNotFound, QueryInvalid
+from device.web import admin, api, kiosk, pages
+from device.web.context import (CSRF_COOKIE, WebContext, check_forgery, content_disposition, csrf_token, error_page,
+                                is_local, known, token_needed)
 from device.wording import plural
+
+__all__ = ["WebContext", "content_disposition", "create_app"]
 
 log = logging.getLogger("glimpse.web")
 
-#: Most results one API call returns.
-API_MAX_K = 200
-#: The query parameters of a results page; nothing else is carried into a link or redirect.
-RESULT_PARAMS = ("q", "folder", "from", "to", "min_score")
-#: Methods that change something, so are checked against request forgery.
-UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-#: Bodies a page of another site can send without the browser asking first (CORS
-#: "simple" requests): these need a CSRF token.
-SIMPLE_BODIES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"})
-#: The cookie and form field of the CSRF token (a double-submitted random value).
-CSRF_COOKIE = "glimpse_csrf"
-CSRF_FIELD = "csrf_token"
-#: A header no page of another site can send without a CORS preflight (which the
-#: appliance never grants): scripts such as ``glimpse ingest`` send it instead of a token.
-CLIENT_HEADER = "X-Glimpse-Client"
 
-
-def create_app(daemon) -> Flask:
+def create_app(daemon: WebContext) -> Flask:
     """The Flask app serving ``daemon``'s current bundle.
 
     Args:
-        daemon: a :class:`device.daemon.Daemon` (anything with ``searcher``,
-            ``settings``, ``metrics``, ``slideshow``, ``status()`` and ``reload()``).
+        daemon: a :class:`device.daemon.Daemon`, or anything else that is a
+            :class:`~device.web.context.WebContext`.
     """
     app = Flask(__name__)
     # Uploads: one request carries at most this much (Flask answers 413 beyond it).
@@ -73,23 +64,23 @@ def create_app(daemon) -> Flask:
 
     @app.context_processor
     def _globals():
-        return {"ingest_on": daemon.ingest_store is not None, "csrf_token": _csrf_token,
-                "needs_token": _token_needed(daemon),
-                "can_show": bool(daemon.admin.expected()) or _is_local(request.remote_addr),
-                "has_camera": daemon.panel is not None and daemon.panel.hardware.has_camera,
+        return {"ingest_on": daemon.ingest_store is not None, "csrf_token": csrf_token,
+                "needs_token": token_needed(daemon),
+                "can_show": bool(daemon.admin.expected()) or is_local(request.remote_addr),
+                "has_camera": daemon.has_camera,
                 "plural": plural}
 
     @app.template_filter("urlencode_page")
     def _urlencode_page(args, page: int) -> str:
         """The current query string with ``page`` set (for "More results")."""
-        return urlencode(_known(args) + [("page", str(page))])
+        return urlencode(known(args) + [("page", str(page))])
 
     @app.before_request
     def _begin():
         g.started = time.perf_counter()
         g.searcher = daemon.searcher  # this request finishes on this bundle, even across a reload
         if request.routing_exception is None:  # no route or method: the 404 or 405 says so first
-            _check_forgery(settings)
+            check_forgery(settings)
 
     @app.after_request
     def _end(response):
@@ -105,481 +96,23 @@ def create_app(daemon) -> Flask:
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         return response  # the access log line is the server's (device/server.py), its URL bounded
 
-    def _filters() -> Filters:
-        args = request.args
-        min_score = args.get("min_score")
-        if min_score in (None, "") and settings.default_min_score:
-            min_score = settings.default_min_score
-        return Filters.parse(folder=args.get("folder"), taken_from=args.get("from"),
-                             taken_to=args.get("to"), min_score=min_score)
-
-    def _page() -> int:
-        try:
-            page = int(request.args.get("page", "0") or 0)
-        except ValueError:
-            raise QueryInvalid("page must be a whole number") from None
-        if not 0 <= page <= 1000:
-            raise QueryInvalid("page must be between 0 and 1000")
-        return page
-
-    def _render_results(template: str, run, **context):
-        """Render a results page; a bad parameter shows its reason with status 400."""
-        searcher = g.searcher
-        size = settings.page_size
-        error, results, page, filters = None, [], 0, Filters()
-        try:
-            page = _page()
-            filters = _filters()
-            results = run(searcher, size + 1, page * size, filters)
-        except QueryInvalid as exc:
-            error = str(exc)
-        more = len(results) > size
-        results = results[:size]
-        # Said on the first page only: a later page starts where the strong matches may have ended.
-        no_good_match = (page == 0 and bool(results) and searcher.relevance is not None
-                         and not any(r.strength == "strong" for r in results))
-        return render_template(
-            template, results=results, error=error, page=page, more=more, filters=filters,
-            no_good_match=no_good_match,
-            folders=searcher.folders(), bundle=searcher.bundle, version=__version__, args=request.args,
-            **context), (400 if error else 200)
-
-    @app.get("/")
-    def index():
-        query = request.args.get("q", "")
-        if not query.strip():  # the start page: browse the library, filtered by folder and date
-            searcher = g.searcher
-            size = settings.page_size
-            error, page, filters = None, 0, Filters()
-            try:
-                page = _page()
-                filters = _filters()
-            except QueryInvalid as exc:
-                error = str(exc)
-            listed = [item for item in searcher.all_items() if filters.admits(item)]
-            items = listed[page * size:(page + 1) * size + 1]
-            return render_template("index.html", query="", results=[], browse=items[:size], error=error, page=page,
-                                   more=len(items) > size, filters=filters, folders=searcher.folders(),
-                                   bundle=searcher.bundle, version=__version__, args=request.args), (400 if error else 200)
-
-        def run(searcher, k, offset, filters):
-            results = searcher.search(query, k=k, offset=offset, filters=filters)
-            daemon.metrics.queries.labels(kind="text").inc()
-            return results
-        return _render_results("index.html", run, query=query, browse=[])
-
-    @app.get("/items/<item_id>")
-    def item_page(item_id: str):
-        searcher = g.searcher
-        item = _item_or_404(searcher, item_id)
-        score = request.args.get("score")
-        try:
-            score = float(score) if score else None
-        except ValueError:
-            score = None
-        return render_template("item.html", item=item, score=score, bundle=searcher.bundle,
-                               has_preview=bool(item.preview), version=__version__, query=request.args.get("q", ""))
-
-    @app.get("/similar/<item_id>")
-    def similar_page(item_id: str):
-        item = _item_or_404(g.searcher, item_id)
-        if request.args.get("q", "").strip():  # a text search typed on this page
-            # Only the known parameters: others (endpoint, _external, _scheme...) are url_for's own.
-            return redirect(url_for("index") + "?" + urlencode(_known(request.args)))
-
-        def run(searcher, k, offset, filters):
-            results = searcher.similar(item.id, k=k, offset=offset, filters=filters)
-            daemon.metrics.queries.labels(kind="similar").inc()
-            return results
-        return _render_results("index.html", run, query="", similar_to=item, browse=[])
-
-    @app.get("/help")
-    def help_page():
-        return render_template("help.html", bundle=g.searcher.bundle, relevance=g.searcher.relevance,
-                               version=__version__, query="", about=daemon.status())
-
-    @app.get("/thumbs/<item_id>")
-    def thumb(item_id: str):
-        searcher = g.searcher
-        item = _item_or_404(searcher, item_id)
-        return send_file(searcher.file(item.thumb), max_age=86400, conditional=True)
-
-    @app.get("/images/<item_id>")
-    def image(item_id: str):
-        searcher = g.searcher
-        item = _item_or_404(searcher, item_id)
-        return send_file(searcher.file(item.preview or item.thumb), max_age=86400, conditional=True)
-
-    @app.get("/originals/<item_id>")
-    def original(item_id: str):
-        searcher = g.searcher
-        item = _item_or_404(searcher, item_id)
-        if not item.original:
-            abort(404, description="this bundle does not carry the original")
-        response = send_file(searcher.file(item.original), max_age=86400, conditional=True)
-        response.headers["Content-Disposition"] = content_disposition(item.name)
-        return response
-
-    # --- adding photos on the device (device/ingest.py) --------------------------------
-
-    def _store():
-        if daemon.ingest_store is None:
-            abort(404, description="adding photos on this device is off (setting ingest): set ingest = on, "
-                                   "or leave it on auto and serve DATA_DIR/current rather than --bundle")
-        return daemon.ingest_store
-
-    def _upload(files) -> tuple[list[dict], int]:
-        """Store each uploaded file durably; a result per file (never all-or-nothing).
-
-        The queue limit is checked for each photo, so a request can be partly accepted;
-        each refused file says why.
-
-        Returns:
-            The results and the status to answer with: 202 when any file was accepted
-            (queued, or already known); when every file was refused, 507 if the disk
-            is full, 503 if the queue is, else 400.
-        """
-        from device.ingest import IngestBusy, IngestDiskFull, IngestRefused
-
-        store = _store()
-        if not files:
-            raise QueryInvalid("no files: send them as multipart form field 'files'")
-        results, causes = [], set()
-        for upload in files:
-            name = upload.filename or "photo"
-            data = upload.read()
-            try:
-                added = store.add_upload(name, data, in_bundle=g.searcher.bundle.__contains__,
-                                         queue_max=settings.ingest_queue_max)
-            except IngestRefused as exc:
-                cause = ("disk_full" if isinstance(exc, IngestDiskFull)
-                         else "busy" if isinstance(exc, IngestBusy) else "invalid")
-                causes.add(cause)
-                results.append({"name": name, "status": "refused", "reason": str(exc), "cause": cause})
-                continue
-            results.append({"name": name, "status": added.status, "id": added.id, "path": added.path})
-        daemon.metrics.added.inc(sum(1 for r in results if r["status"] == "queued"))
-        if daemon.ingestor:
-            daemon.ingestor.wake()
-        if any(r["status"] != "refused" for r in results):
-            return results, 202
-        return results, 507 if "disk_full" in causes else 503 if "busy" in causes else 400
-
-    def _with_retry_after(page, refusal):
-        """``page`` (a body and status) with ``Retry-After`` when ``refusal`` says to wait."""
-        response = app.make_response(page)
-        if refusal.retry_after is not None:
-            response.headers["Retry-After"] = str(refusal.retry_after)
-        return response
-
-    def _add_page(results=None, error=None, status=200):
-        return render_template("add.html", counts=_store().counts(), results=results, error=error,
-                               max_mb=settings.max_upload_mb, bundle=g.searcher.bundle, version=__version__,
-                               query=""), status
-
-    @app.get("/add")
-    def add_page():
-        return _add_page()
-
-    @app.post("/add")
-    def add_form():
-        _store()
-        refusal = _admin_refusal(daemon)
-        if refusal:  # the page again, saying why, with the token field (the browser cannot keep the files)
-            return _with_retry_after(_add_page(error=refusal.reason + ": choose the photos again",
-                                               status=refusal.status), refusal)
-        results, status = _upload(request.files.getlist("files"))
-        response = Response(*_add_page(results=results, status=status))
-        if status == 503:
-            response.headers["Retry-After"] = "30"
-        return response
-
-    @app.post("/api/admin/upload")
-    def api_upload():
-        _require_admin(daemon)
-        results, status = _upload(request.files.getlist("files"))
-        if status == 202:
-            return jsonify(results), 202
-        # Every file was refused: an error, with each file's reason.
-        reasons = {507: "the device's disk is full; free some space and try again",
-                   503: "too many photos are waiting to be added; try again later",
-                   400: "no file could be added"}
-        response = jsonify({"error": reasons[status], "results": results})
-        if status == 503:
-            response.headers["Retry-After"] = "30"
-        return response, status
-
-    @app.delete("/api/admin/items/<item_id>")
-    def api_remove(item_id: str):
-        _require_admin(daemon)
-        _store().remove(item_id)
-        daemon.delta.refresh()
-        return jsonify({"removed": item_id})
-
-    # --- "What is this like?": a photo from a phone's camera, or the device's own ----------
-
-    def _sent_photo():
-        """The photo of the request's ``photo`` field, decoded (never stored).
-
-        Raises:
-            QueryInvalid: no photo was sent.
-            ImageUnreadable: it is not a photo Glimpse can read (a 400 with the reason).
-        """
-        upload = request.files.get("photo")
-        if upload is None:
-            raise QueryInvalid("no photo: send it as the multipart form field 'photo'")
-        data = upload.read()
-        return daemon.decode_photo(data, upload.filename or "photo")
-
-    @app.post("/api/search/photo")
-    def api_search_photo():
-        k, offset = _api_page()
-        results = daemon.similar_to_photo(_sent_photo(), k=k, offset=offset, filters=_filters())
-        return jsonify([r.to_json() for r in results])
-
-    @app.post("/photo")
-    def photo_search():
-        """The search-by-photo form (a phone's camera): a results page; the photo is not kept."""
-        searcher = g.searcher
-        error, results, status = None, [], 200
-        try:
-            results = daemon.similar_to_photo(_sent_photo(), k=settings.page_size)
-        except (QueryInvalid, ImageUnreadable) as exc:
-            error, status = (exc.reason if isinstance(exc, ImageUnreadable) else str(exc)), 400
-        return render_template("index.html", results=results, error=error, page=0, more=False, filters=Filters(),
-                               folders=searcher.folders(), bundle=searcher.bundle, version=__version__,
-                               args=request.args, query="", browse=[], photo_search=True), status
-
-    def _look() -> dict:
-        try:
-            showing = daemon.look()
-        except CameraUnavailable as exc:
-            abort(409, description=str(exc))
-        return {"query": showing.query, "count": len(showing.results), "generation": showing.generation}
-
-    @app.post("/api/admin/camera")
-    def api_camera():
-        _require_admin(daemon)
-        return jsonify(_look())
-
-    @app.post("/camera")
-    def camera_form():
-        """The "What is this like?" button of the device's camera: a page saying what the screen shows."""
-        refusal = _admin_refusal(daemon)
-        if refusal:
-            return _with_retry_after(_error_page(refusal.status, refusal.reason), refusal)
-        return render_template("shown.html", shown=_look(), back=url_for("index"), version=__version__, query="")
-
-    # --- JSON API (docs/openapi.json) -------------------------------------------------
-
-    def _api_page() -> tuple[int, int]:
-        return check_page(request.args.get("k", "10"), request.args.get("offset", "0"), max_k=API_MAX_K)
-
-    @app.get("/api/search")
-    def api_search():
-        query = request.args.get("q")
-        if query is None:
-            raise QueryInvalid("missing parameter q (the query text)")
-        k, offset = _api_page()
-        results = g.searcher.search(query, k=k, offset=offset, filters=_filters())
-        daemon.metrics.queries.labels(kind="text").inc()
-        return jsonify([r.to_json() for r in results])
-
-    @app.get("/api/similar/<item_id>")
-    def api_similar(item_id: str):
-        k, offset = _api_page()
-        results = g.searcher.similar(item_id, k=k, offset=offset, filters=_filters())
-        daemon.metrics.queries.labels(kind="similar").inc()
-        return jsonify([r.to_json() for r in results])
-
-    @app.get("/api/items/<item_id>")
-    def api_item(item_id: str):
-        item = g.searcher.item(item_id)
-        return jsonify({**item.to_json(), "folder": item.folder, "name": item.name,
-                        "thumb_url": url_for("thumb", item_id=item.id),
-                        "image_url": url_for("image", item_id=item.id)})
-
-    # --- the kiosk: a full-screen slideshow for an HDMI screen (docs/kiosk.md) ---------
-
-    def _slides(searcher, showing) -> tuple[list[dict], str, str]:
-        """The slides of ``showing`` (with no results, the library's first photos),
-        their kind and the title shown above them."""
-        if showing.results:
-            slides = [dict(_slide(r.item), score=round(float(r.score), 4)) for r in showing.results]
-            return slides, "results", f"\u201c{showing.query}\u201d"
-        items = searcher.bundle.items[:settings.slideshow_results]
-        total = len(searcher.bundle)
-        # The title counts what the slideshow steps through ("1 / 12"), not more.
-        title = (f"{plural(total, 'photo')} on this Glimpse" if len(items) == total
-                 else f"The first {len(items)} of {total} photos on this Glimpse")
-        return [_slide(item) for item in items], "library", title
-
-    def _slide(item) -> dict:
-        return {"id": item.id, "name": item.name, "path": item.path,
-                "image": url_for("image", item_id=item.id), "thumb": url_for("thumb", item_id=item.id)}
-
-    def _interval() -> float:
-        raw = request.args.get("interval")
-        if raw in (None, ""):
-            return settings.kiosk_interval
-        try:
-            value = float(raw)
-        except ValueError:
-            raise QueryInvalid("interval must be a number of seconds") from None
-        if not 0.2 <= value <= 3600:  # below a second only makes sense for tests and demos
-            raise QueryInvalid("interval must be between 0.2 and 3600 seconds")
-        return value
-
-    @app.get("/kiosk")
-    def kiosk():
-        searcher = g.searcher
-        query = request.args.get("q", "")
-        error = None
-        try:
-            interval = _interval()
-            if query.strip():  # the screen's own query (the kiosk unit's URL)
-                if _from_another_site(settings):  # a GET, but it changes what the screen shows
-                    abort(403, description="refused: a page of another site cannot change what the screen "
-                                           "shows; open /kiosk?q=... yourself")
-                daemon.show(query, filters=_filters())
-        except QueryInvalid as exc:
-            error, interval = str(exc), settings.kiosk_interval
-        showing = daemon.slideshow.snapshot()
-        slides, kind, title = _slides(searcher, showing)
-        try:
-            position = int(request.args.get("i", showing.position)) % max(1, len(slides))
-        except ValueError:
-            position = showing.position
-        state = {"generation": showing.generation, "query": showing.query, "title": title, "position": position,
-                 "kind": kind, "interval": interval, "slides": slides, "admin_token": _screen_token(),
-                 "address": daemon.address}
-        next_url = url_for("kiosk", i=(position + 1) % max(1, len(slides)), interval=request.args.get("interval"))
-        return render_template("kiosk.html", state=state, slide=slides[position] if slides else None,
-                               error=error, bundle=searcher.bundle, next_url=next_url,
-                               version=__version__), (400 if error else 200)
-
-    @app.get("/api/kiosk")
-    def api_kiosk():
-        showing = daemon.slideshow.snapshot()
-        slides, kind, title = _slides(g.searcher, showing)
-        return jsonify({"generation": showing.generation, "query": showing.query, "title": title,
-                        "position": showing.position, "source": showing.source, "kind": kind, "slides": slides,
-                        "admin_token": _screen_token(), "address": daemon.address})
-
-    def _screen_token() -> str | None:
-        """The first start's admin token, for the kiosk's own screen: only to this device
-        (the kiosk browser runs on it), never to another machine on the network."""
-        token = daemon.admin.first_token
-        return token if token and _is_local(request.remote_addr) else None
-
-    # --- "Show on the screen": an admin puts results or a photo on the device ---------
-
-    def _show(fields) -> dict:
-        """Put what ``fields`` name on the screen; what the API answers."""
-        fields = {k: v for k, v in fields.items() if v not in (None, "")}
-        unknown = set(fields) - {"q", "folder", "from", "to", "min_score", "similar", "id"}
-        if unknown:
-            raise QueryInvalid(f"unknown field(s) {', '.join(sorted(unknown))}: send q (with folder, from, to, "
-                               "min_score), similar or id")
-        if any(not isinstance(v, str) for v in fields.values()):
-            raise QueryInvalid("every field must be a string")
-        chosen = [key for key in ("q", "similar", "id") if key in fields]
-        if len(chosen) != 1:
-            raise QueryInvalid("send exactly one of q (a search), similar (an item id) or id (one photo)")
-        filters = Filters.parse(folder=fields.get("folder"), taken_from=fields.get("from"),
-                                taken_to=fields.get("to"), min_score=fields.get("min_score"))
-        if "q" in fields:
-            showing = daemon.show(fields["q"], filters=filters)
-        elif "similar" in fields:
-            item = g.searcher.item(fields["similar"])
-            showing = daemon.show(f"like {item.name}", filters=filters, similar_to=item.id, kind="similar")
-        else:
-            item = g.searcher.item(fields["id"])
-            showing = daemon.slideshow.show(item.name, [Result(rank=1, score=1.0, item=item)], "web")
-        return {"query": showing.query, "count": len(showing.results), "generation": showing.generation}
-
-    @app.post("/api/admin/show")
-    def api_show():
-        _require_admin(daemon)
-        body = request.get_json(silent=True) if request.data else None
-        if not isinstance(body, dict):
-            raise QueryInvalid("the body must be a JSON object, e.g. {\"q\": \"a cat\"}")
-        return jsonify(_show(body))
-
-    @app.post("/show")
-    def show_form():
-        """The no-JavaScript "Show on the screen" button: a page saying what the screen shows."""
-        refusal = _admin_refusal(daemon)
-        if refusal:
-            return _with_retry_after(_error_page(refusal.status, refusal.reason), refusal)
-        fields = request.form.to_dict(flat=True)
-        for checked in (CSRF_FIELD, "token"):  # checked already, not part of what to show
-            fields.pop(checked, None)
-        shown = _show(fields)
-        return render_template("shown.html", shown=shown, back=_back_link(request.form), version=__version__,
-                               query="")
-
-    def _back_link(fields) -> str:
-        if fields.get("id"):
-            return url_for("item_page", item_id=fields["id"])
-        if fields.get("similar"):
-            return url_for("similar_page", item_id=fields["similar"]) + "?" + urlencode(_known(fields, ("q",)))
-        return url_for("index") + "?" + urlencode(_known(fields))
-
-    @app.get("/api/status")
-    def api_status():
-        return jsonify(daemon.status())
-
-    @app.post("/api/admin/reload")
-    def api_reload():
-        _require_admin(daemon)
-        body = request.get_json(silent=True) if request.data else {}
-        if not isinstance(body, dict):
-            raise QueryInvalid("the body must be a JSON object, e.g. {\"bundle\": \"NAME\"}")
-        name = body.get("bundle")
-        if name is not None and not isinstance(name, str):
-            raise QueryInvalid("bundle must be a string")
-        try:
-            return jsonify(daemon.reload(name))
-        except BundleNameInvalid as exc:  # a bad request, counted as a refused reload by reload()
-            return jsonify({"error": f"reload refused, the previous bundle keeps serving: {exc}"}), 400
-        except (BundleInvalid, GlimpseError) as exc:
-            return jsonify({"error": f"reload refused, the previous bundle keeps serving: {exc}"}), 409
-
-    @app.get("/healthz")
-    def healthz():
-        bundle = g.searcher.bundle
-        return jsonify({"status": "ok", "bundle_id": bundle.id, "items": len(bundle),
-                        "model": bundle.spec.full_id, "version": __version__})
-
-    @app.get("/metrics")
-    def metrics():
-        from device.metrics import CONTENT_TYPE
-
-        return Response(daemon.metrics.render(), content_type=CONTENT_TYPE)
+    pages.register(app, daemon)
+    admin.register(app, daemon)
+    api.register(app, daemon)
+    kiosk.register(app, daemon)
 
     # --- errors ------------------------------------------------------------------------
 
-    def _wants_json() -> bool:
-        return request.path.startswith("/api/") or request.path in {"/healthz", "/metrics"}
-
-    def _error_page(status: int, message: str):
-        """The app's own page for an error: the reason, and a way back."""
-        if _wants_json():
-            return jsonify({"error": message}), status
-        return render_template("error.html", status=status, title=ERROR_TITLES.get(status, "Something went wrong"),
-                               message=message, version=__version__, query=""), status
-
     @app.errorhandler(QueryInvalid)
     def _bad_query(exc):
-        return _error_page(400, str(exc))
+        return error_page(400, str(exc))
 
     @app.errorhandler(GlimpseError)
     def _busy_or_refused(exc):
         from device.ingest import IngestBusy
 
         status = 503 if isinstance(exc, IngestBusy) else 400
-        response, status = _error_page(status, str(exc))
+        response, status = error_page(status, str(exc))
         if status == 503:
             response = app.make_response((response, status))
             response.headers["Retry-After"] = "30"
@@ -587,13 +120,13 @@ def create_app(daemon) -> Flask:
 
     @app.errorhandler(ItemNotFound)
     def _not_found(exc):
-        return _error_page(404, str(exc))
+        return error_page(404, str(exc))
 
     @app.errorhandler(HTTPException)
     def _http_error(exc):
         if exc.code is None or exc.code < 400:  # a redirect raised as an exception: pass it on
             return exc
-        response, status = _error_page(exc.code, exc.description or exc.name)
+        response, status = error_page(exc.code, exc.description or exc.name)
         response = app.make_response((response, status))
         for name, value in exc.get_headers():  # e.g. Allow on a 405, WWW-Authenticate on a 401
             if name.lower() != "content-type":
@@ -603,227 +136,6 @@ def create_app(daemon) -> Flask:
     @app.errorhandler(Exception)
     def _unexpected(exc):  # a bug must never show a traceback to the user
         log.exception("unexpected error on %s", request.path)
-        return _error_page(500, "internal error; see the daemon's log")
+        return error_page(500, "internal error; see the daemon's log")
 
     return app
-
-
-#: The heading of the error page, by status.
-ERROR_TITLES = {
-    400: "That request cannot be answered",
-    401: "The admin token is needed",
-    403: "Not allowed from here",
-    404: "Not found",
-    405: "Not allowed",
-    409: "Not possible now",
-    413: "Too large",
-    429: "Too many wrong tokens",
-    500: "Something went wrong",
-    503: "Busy",
-}
-
-
-def _item_or_404(searcher, item_id: str):
-    """The item, or :class:`ItemNotFound` (a 404 page or JSON error saying which id)."""
-    return searcher.item(item_id)
-
-
-def _known(args, names=RESULT_PARAMS) -> list[tuple[str, str]]:
-    """The known result-page parameters of ``args`` (a MultiDict or dict), in order, non-empty."""
-    getter = args.getlist if hasattr(args, "getlist") else (lambda key: [args[key]] if key in args else [])
-    return [(name, value) for name in names for value in getter(name) if isinstance(value, str) and value]
-
-
-def content_disposition(name: str) -> str:
-    """An attachment ``Content-Disposition`` for any file name (RFC 6266, RFC 8187).
-
-    ``filename`` is a plain-ASCII fallback (control characters, quotes, backslashes,
-    percent signs and non-ASCII replaced by ``_``); ``filename*`` carries the name
-    itself, UTF-8 and percent-encoded, so a newline or CR in it can never end the header.
-    """
-    fallback = re.sub(r'[^\x20-\x7e]|["\\%]', "_", name).strip() or "photo"
-    return f'attachment; filename="{fallback}"; filename*=UTF-8\'\'{quote(name, safe="")}'
-
-
-def _is_local(address: str | None) -> bool:
-    """Whether a peer address is this machine: any loopback address (all of
-    127.0.0.0/8, ::1, and those as IPv4-mapped IPv6), which no other host can send from."""
-    try:
-        ip = ipaddress.ip_address(address or "")
-    except ValueError:
-        return False
-    mapped = getattr(ip, "ipv4_mapped", None)
-    return (mapped or ip).is_loopback
-
-
-def _csrf_token() -> str:
-    """This browser's CSRF token (set as a cookie with the response when new)."""
-    if "csrf" not in g:
-        cookie = request.cookies.get(CSRF_COOKIE, "")
-        if re.fullmatch(r"[A-Za-z0-9_-]{32,64}", cookie):
-            g.csrf = cookie
-        else:
-            g.csrf, g.new_csrf = secrets.token_urlsafe(32), True
-    return g.csrf
-
-
-def _own_hosts(settings) -> set[str]:
-    """Host names a browser may use for the appliance, besides IP addresses: names a
-    DNS-rebinding page could take on are not among them."""
-    name = socket.gethostname().lower()
-    extra = {h.strip().lower() for h in settings.trusted_hosts.split(",") if h.strip()}
-    return {"localhost", name, f"{name}.local"} | extra
-
-
-def _own_origin(source: str, settings) -> bool:
-    """Whether ``source`` (an Origin or Referer) is a page of this appliance: the same
-    scheme, host and port the request was sent to, under a name the appliance owns."""
-    try:
-        parts = urlsplit(source)
-        port = parts.port
-    except ValueError:
-        return False
-    host = (parts.hostname or "").lower()
-    if parts.scheme not in ("http", "https") or not host:
-        return False
-    if parts.scheme != request.scheme:
-        return False
-    default = 443 if parts.scheme == "https" else 80
-    try:  # where the browser sent this request: the Host header
-        target = urlsplit("//" + request.host)
-        target_host, target_port = (target.hostname or "").lower(), target.port or default
-    except ValueError:
-        return False
-    if host != target_host or (port or default) != target_port:
-        return False
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return host in _own_hosts(settings) or host.endswith(".localhost")
-
-
-def _from_another_site(settings) -> bool:
-    """Whether the browser says a page of another site sent this request
-    (``Sec-Fetch-Site``, else ``Origin`` or ``Referer``); ``False`` when nothing says so."""
-    if request.headers.get("Sec-Fetch-Site", "").lower() in ("cross-site", "same-site"):
-        return True
-    source = request.headers.get("Origin") or request.headers.get("Referer")
-    return source is not None and not _own_origin(source, settings)
-
-
-def _check_forgery(settings) -> None:
-    """Refuse a state-changing request a page of another site could have made.
-
-    A browser names the page that sent a request in ``Origin`` (or at least
-    ``Referer``): when present, it must be this appliance. A body a cross-site
-    form or ``fetch`` can send without a CORS preflight (a form, multipart or
-    text/plain) must also carry the CSRF token (the ``csrf_token`` field or an
-    ``X-CSRF-Token`` header equal to the ``glimpse_csrf`` cookie), or a header only
-    a non-browser client or a same-site script can send (``Authorization: Bearer``
-    or ``X-Glimpse-Client``). JSON bodies need a preflight cross-site, so are safe.
-
-    Raises:
-        Forbidden: the request failed either check (a 403 saying why).
-    """
-    if request.method not in UNSAFE_METHODS:
-        return
-    if _from_another_site(settings):
-        source = request.headers.get("Origin") or request.headers.get("Referer") or "Sec-Fetch-Site"
-        abort(403, description=f"refused: this request came from a page of another site ({source[:100]}); "
-                               "use the appliance's own pages (set trusted_hosts for other names of it)")
-    if request.mimetype not in SIMPLE_BODIES and not (request.content_length and not request.mimetype):
-        return
-    # A Bearer token is never added by a browser on its own (Basic credentials can be).
-    bearer = request.headers.get("Authorization", "").partition(" ")[0].lower() == "bearer"
-    if bearer or CLIENT_HEADER in request.headers:
-        return
-    cookie = request.cookies.get(CSRF_COOKIE, "")
-    sent = request.headers.get("X-CSRF-Token") or request.form.get(CSRF_FIELD, "")
-    if not cookie or not sent or not hmac.compare_digest(cookie.encode(), sent.encode()):
-        abort(403, description="refused: this form is out of date or did not come from this appliance "
-                               "(no matching csrf_token); open the page again and retry. Scripts: send JSON, "
-                               f"or the header {CLIENT_HEADER}")
-
-
-class Refusal(typing.NamedTuple):
-    """Why a request may not make admin calls: the status, the reason, and for a
-    429 the seconds to wait (``Retry-After``)."""
-
-    status: int
-    reason: str
-    retry_after: int | None = None
-
-
-def _require_admin(daemon) -> None:
-    """Admin calls need the admin token, or come from this device.
-
-    A token set in the configuration (``admin_token_sha256``) is needed by every
-    admin call, from this device too: a process of any user on the device can
-    reach loopback. The token the first start made (``DATA_DIR/admin-token.sha256``,
-    :mod:`device.admin`) opens admin calls to the network; calls from this device
-    (a loopback address, :func:`_is_local`) are accepted without it, as before
-    there was one, so ``glimpse reload`` and ``push`` on the device keep working.
-    With no token at all, only this device may make admin calls.
-
-    The token comes as ``Authorization: Bearer TOKEN`` or, from a no-JavaScript
-    form, as a ``token`` field; only its sha256 is stored.
-
-    Raises:
-        Unauthorized: the token is needed and missing or wrong (401).
-        Forbidden: no token exists and the request is not from this device (403).
-        TooManyRequests: this address sent too many wrong tokens lately (429, ``Retry-After``).
-    """
-    refusal = _admin_refusal(daemon)
-    if refusal:
-        if refusal.status == 429:
-            raise TooManyRequests(description=refusal.reason, retry_after=refusal.retry_after)
-        abort(refusal.status, description=refusal.reason)
-
-
-def _sent_token() -> str:
-    """The admin token the request carries ("" for none)."""
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    token = token.strip() if scheme.lower() == "bearer" else ""  # schemes are case-insensitive
-    if not token and request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        token = request.form.get("token", "")
-    return token
-
-
-def _token_needed(daemon) -> bool:
-    """Whether this request needs the admin token (see :func:`_require_admin`)."""
-    if not daemon.admin.expected():
-        return False
-    return daemon.admin.strict or not _is_local(request.remote_addr)
-
-
-def _admin_refusal(daemon) -> Refusal | None:
-    """Why this request may not make admin calls; ``None`` when it may.
-
-    A wrong or missing token, where one is needed, counts as a failure of the
-    client's address; past ``admin_max_failures`` the address waits (429) before
-    any further attempt, right or wrong, is looked at.
-    """
-    expected = daemon.admin.expected()
-    token = _sent_token()
-    if not _token_needed(daemon):
-        if expected and token:
-            daemon.admin.check(token)  # the right token, used from this device, ends showing it
-        if expected or _is_local(request.remote_addr):
-            return None
-        return Refusal(403, "admin calls are accepted from this device only; to allow them from the network, "
-                            "make an admin token (glimpse admin-token --reset, or an admin_token_sha256 "
-                            "line from glimpse admin-token in the configuration)")
-    client = request.remote_addr or "unknown"
-    wait = daemon.attempts.retry_after(client)
-    if wait > 0:
-        seconds = math.ceil(wait)
-        return Refusal(429, f"too many wrong admin tokens from {client}; try again in {seconds} s", seconds)
-    if not token:
-        daemon.attempts.failed(client)
-        return Refusal(401, "admin calls need Authorization: Bearer TOKEN (the admin token)")
-    if not daemon.admin.check(token):
-        daemon.attempts.failed(client)
-        return Refusal(401, "wrong admin token: admin calls need Authorization: Bearer TOKEN (the admin token)")
-    daemon.attempts.succeeded(client)
-    return None
