@@ -1,7 +1,8 @@
 """Per-photo cost of the whole photo pipeline: the image tower alone (1.1.0) against tower + recognisers.
 
 Both through ``ImageEncoder.embed_image`` (what the host build and the device
-ingest call) on photos decoded as the device decodes them (``images.open_photo``),
+ingest call) on photos decoded as they decode them (``images.open_photo`` with the
+shorter side at least the 1280 px preview's, or the photo's own size when smaller),
 one thread, interleaved per photo so a neighbour's load hits both alike. The
 recogniser model is built in a temporary directory from ``--model`` with
 ``provisioning.recognisers`` (1.1.0's towers + faces + colours). Also prints the
@@ -43,6 +44,8 @@ def main(argv=None) -> int:
     parser.add_argument("--available", action="store_true",
                         help="use the photos whose packages are installed here, leave out the rest")
     parser.add_argument("--repeat", type=int, default=10, help="timed runs per photo and step")
+    parser.add_argument("--min-side", type=int, default=1280,
+                        help="decode as build and ingest do: shorter side at least the 1280 px preview")
     args = parser.parse_args(argv)
     found = eval_set.photos(available_only=args.available)
     with tempfile.TemporaryDirectory() as tmp:
@@ -53,7 +56,7 @@ def main(argv=None) -> int:
                 ImageEncoder.create_from_model_dir(fused_dir, num_threads=1) as fused, \
                 faces.FaceDetector.create_from_model_path(fused_dir / faces.MODEL_FILE, num_threads=1) as detector:
             for photo in found:
-                image = images.open_photo(photo.path, min_side=plain.input_size).image
+                image = images.open_photo(photo.path, min_side=args.min_side).image
                 fused.embed_image(image)  # warm-up
                 steps["1.1.0 tower (embed_image)"] += _ms(lambda: plain.embed_image(image), args.repeat)
                 steps["2.0 tower + recognisers (embed_image)"] += _ms(lambda: fused.embed_image(image), args.repeat)

@@ -35,6 +35,7 @@ GRID = {
     "w_colour": (0.0, 0.3, 0.5, 0.7, 1.0, 1.4),
     "tau": (0.05, 0.15),
     "centred": (False, True),
+    "terms": ("chromatic", "all"),  # "all": black, white and grey too ("something white", "a black background")
     "w_bw": (0.0, 0.3, 0.6),
 }
 
@@ -50,7 +51,7 @@ def photo_signals(model_dir: Path, photos):
     """
     from device import images
     from device.encoders import ImageEncoder
-    from device.recognisers import colours, faces
+    from device.recognisers import colours, faces, fusion
 
     tower_vectors, found, shares = [], [], []
     with ImageEncoder.create_from_model_dir(model_dir, num_threads=1) as tower, \
@@ -60,8 +61,9 @@ def photo_signals(model_dir: Path, photos):
         for photo in photos:
             image = images.open_photo(photo.path, min_side=tower.input_size).image
             tower_vectors.append(tower.embed_image(image))
-            found.append(detector.detect(image))
-            shares.append(list(colours.photo_colours(image).values()))
+            small = fusion.recogniser_input(image)  # what the device's recognisers read
+            found.append(detector.detect(small))
+            shares.append(list(colours.photo_colours(small).values()))
     return np.stack(tower_vectors), found, np.array(shares)
 
 
@@ -72,8 +74,12 @@ def spec_of(config: dict):
 
     faces_spec = dataclasses.replace(DEFAULT_FACES, weights={
         "person": config["w_person"], "portrait": config["w_portrait"], "group": config["w_group"]})
+    from device.recognisers.colours import COLOUR_TERMS
+    from device.recognisers.fusion import CHROMATIC
+
     colours_spec = dataclasses.replace(DEFAULT_COLOURS, weight=config["w_colour"], min_coverage=config["tau"],
-                                       centred=config["centred"], bw_weight=config["w_bw"])
+                                       centred=config["centred"], bw_weight=config["w_bw"],
+                                       terms=CHROMATIC if config["terms"] == "chromatic" else COLOUR_TERMS)
     return RecognisersSpec(concepts=CONCEPTS_FILE, faces=faces_spec, colours=colours_spec)
 
 
@@ -91,15 +97,16 @@ class Fuser:
         self.face_terms = {name: np.array([g[name] for g in gates])[:, None] * concepts["faces"][names.index(name)]
                            for name in names}
         mask = np.array([t in fusion.CHROMATIC for t in COLOUR_TERMS], dtype=float)
+        masks = {"chromatic": mask, "all": np.ones(len(COLOUR_TERMS))}
         self.colour_terms = {}
-        for tau, centred in itertools.product(GRID["tau"], GRID["centred"]):
+        for tau, centred, terms in itertools.product(GRID["tau"], GRID["centred"], GRID["terms"]):
             vectors = concepts["colours"] - concepts["colours"].mean(0) if centred else concepts["colours"]
-            self.colour_terms[tau, centred] = (np.where(shares > tau, shares, 0.0) * mask) @ vectors
+            self.colour_terms[tau, centred, terms] = (np.where(shares > tau, shares, 0.0) * masks[terms]) @ vectors
         self.bw = (shares @ mask < 0.02)[:, None] * concepts["black_and_white"][None]
 
     def __call__(self, c: dict) -> np.ndarray:
         out = (self.tower + c["w_person"] * self.face_terms["person"] + c["w_portrait"] * self.face_terms["portrait"]
-               + c["w_group"] * self.face_terms["group"] + c["w_colour"] * self.colour_terms[c["tau"], c["centred"]]
+               + c["w_group"] * self.face_terms["group"] + c["w_colour"] * self.colour_terms[c["tau"], c["centred"], c["terms"]]
                + c["w_bw"] * self.bw)
         return _unit(out)
 
