@@ -24,7 +24,6 @@ import numpy as np
 from device.model import (CARD_FILE, ColoursSpec, FacesSpec, RecognisersSpec, read_spec, sha256_file,
                           write_spec)
 from device.recognisers import colours, faces
-from device.recognisers.fusion import CHROMATIC
 
 CONCEPTS_FILE = "concepts.npz"
 
@@ -40,9 +39,9 @@ BW_PROMPTS = ("a black and white photo.", "a monochrome photo.")
 
 #: Fusion settings tuned on the evaluation set's tuning half (bench/tune_fusion.py; bench/RESULTS.md).
 DEFAULT_FACES = FacesSpec(file=faces.MODEL_FILE, min_score=0.5,
-                          weights={"person": 0.8, "portrait": 0.3, "group": 0.0},
+                          weights={"person": 0.3, "portrait": 0.0, "group": 0.0},
                           portrait_area=0.05, group_size=3)
-DEFAULT_COLOURS = ColoursSpec(weight=0.7, min_coverage=0.15, terms=CHROMATIC, centred=False,
+DEFAULT_COLOURS = ColoursSpec(weight=1.0, min_coverage=0.15, terms=colours.COLOUR_TERMS, centred=False,
                               bw_weight=0.3, bw_max_chromatic=0.02)
 
 
