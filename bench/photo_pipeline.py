@@ -6,7 +6,9 @@ shorter side at least the 1280 px preview's, or the photo's own size when smalle
 one thread, interleaved per photo so a neighbour's load hits both alike. The
 recogniser model is built in a temporary directory from ``--model`` with
 ``provisioning.recognisers`` (1.1.0's towers + faces + colours). Also prints the
-steps of the recognisers alone (letterbox, BlazeFace invoke and decode, colours).
+steps of the recognisers alone: all of them with the fusion (one reduced copy of the
+photo, BlazeFace, colours, the weighted sum), then letterbox and BlazeFace on the
+decoded photo itself, and colours.
 
     python -m bench.photo_pipeline --available [--repeat 10]
 """
@@ -36,7 +38,7 @@ def _ms(fn, repeat: int) -> list[float]:
 def main(argv=None) -> int:
     from device import images
     from device.encoders import ImageEncoder
-    from device.recognisers import colours, faces
+    from device.recognisers import colours, faces, fusion
     from provisioning.recognisers import build_default_v2
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -51,15 +53,17 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         fused_dir = build_default_v2(args.model, Path(tmp) / "fused").parent
         steps = {"1.1.0 tower (embed_image)": [], "2.0 tower + recognisers (embed_image)": [],
-                 "  faces: letterbox": [], "  faces: letterbox + invoke + decode": [], "  colours (64 px copy)": []}
+                 "  recognisers + fusion (2.0 - tower)": [], "  faces: letterbox": [], "  faces: letterbox + invoke + decode": [], "  colours (64 px copy)": []}
         with ImageEncoder.create_from_model_dir(args.model, num_threads=1) as plain, \
                 ImageEncoder.create_from_model_dir(fused_dir, num_threads=1) as fused, \
                 faces.FaceDetector.create_from_model_path(fused_dir / faces.MODEL_FILE, num_threads=1) as detector:
             for photo in found:
                 image = images.open_photo(photo.path, min_side=args.min_side).image
-                fused.embed_image(image)  # warm-up
+                tower = fused.embed_image(image)  # warm-up
                 steps["1.1.0 tower (embed_image)"] += _ms(lambda: plain.embed_image(image), args.repeat)
                 steps["2.0 tower + recognisers (embed_image)"] += _ms(lambda: fused.embed_image(image), args.repeat)
+                steps["  recognisers + fusion (2.0 - tower)"] += _ms(
+                    lambda: fusion.fuse(tower, fused._recognisers.added(image)), args.repeat)
                 steps["  faces: letterbox"] += _ms(lambda: faces.letterbox(image), args.repeat)
                 steps["  faces: letterbox + invoke + decode"] += _ms(lambda: detector.detect(image), args.repeat)
                 steps["  colours (64 px copy)"] += _ms(lambda: colours.photo_colours(image), args.repeat)
