@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from device.errors import GlimpseError
 from device.model import (CARD_FILE, ColoursSpec, FacesSpec, RecognisersSpec, read_spec, sha256_file,
                           write_spec)
 from device.recognisers import colours, faces
@@ -153,7 +154,14 @@ def main(argv=None) -> int:
     parser.add_argument("--calibrate", action="store_true",
                         help="fit the strong-match thresholds on the fused vectors (evaluation set's tuning half)")
     args = parser.parse_args(argv)
-    print(build_default_v2(args.source, args.out, args.version, args.calibrate))
+    try:
+        print(build_default_v2(args.source, args.out, args.version, args.calibrate))
+    except FileExistsError:
+        print(f"glimpse: error: {args.out} exists; pass a new directory for the model", file=sys.stderr)
+        return 1
+    except GlimpseError as exc:
+        print(f"glimpse: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

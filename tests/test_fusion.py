@@ -193,3 +193,12 @@ def test_host_build_and_device_ingest_give_the_same_vector(fused_model, tmp_path
         store.close()
     assert np.allclose(host, device, atol=1e-6)
     assert float(host @ plain) < 0.999  # fused on both sides, not the tower alone
+
+
+def test_building_over_an_existing_directory_is_refused_in_one_line(fused_model, capsys):
+    from provisioning.recognisers import main
+
+    before = sorted(p.name for p in fused_model.iterdir())
+    assert main(["--from", str(fused_model), "--out", str(fused_model)]) == 1
+    assert sorted(p.name for p in fused_model.iterdir()) == before  # nothing touched
+    assert capsys.readouterr().err == f"glimpse: error: {fused_model} exists; pass a new directory for the model\n"
