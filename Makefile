@@ -22,7 +22,7 @@ SOAK_SECONDS ?= 60
 PI_CACHE    ?= /var/cache/glimpse-pi
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-device test-host test-pi pi-tools models bench bench-ann bench-eval eval-deps soak system-deps clean
+.PHONY: demo test test-device test-host test-pi pi-tools models model-recognisers bench bench-ann bench-eval eval-deps soak system-deps clean
 
 # Debian packages the tests use as users have them: headless Chromium and its
 # driver for the browser test, systemd-analyze for the unit file, sshd (with the
@@ -108,6 +108,12 @@ pi-tools:
 
 models: eval-deps  # the build calibrates strong matches on the evaluation set's tuning half
 	$(HOST_VENV)/bin/glimpse-provision model default --out models/glimpse-default --force
+
+# glimpse-default 2.0's photo side: 1.1.0's towers + faces and colour terms fused into the photo
+# vector, into a new directory (never over the committed model; docs/models.md, "Recognisers").
+RECOGNISERS_OUT ?= build/glimpse-default-2
+model-recognisers: eval-deps
+	$(HOST_VENV)/bin/python -m provisioning.recognisers --from models/glimpse-default --out $(RECOGNISERS_OUT) --calibrate
 
 # The multilingual evaluation set's photos (bench/eval/photos.json): Debian packages that ship
 # real photographs, and the host venv's eval extra (scikit-learn's and matplotlib's sample photos).

@@ -149,13 +149,18 @@ class TextEncoder(_Tower):
 
 
 class ImageEncoder(_Tower):
-    """Encodes a photo into the shared embedding space.
+    """Encodes a photo into the shared embedding space: ONE vector per photo.
 
-    Use :meth:`create_from_options` or :meth:`create_from_model_dir`.
+    For a model with recognisers (model.json format 2) the vector is the image
+    tower's fused with the recognisers' concepts (``device.recognisers.fusion``);
+    every ``embed_*`` method returns that same fused vector, so the host's build,
+    the device's ingest and find-similar agree. Use :meth:`create_from_options`
+    or :meth:`create_from_model_dir`.
     """
 
-    def __init__(self, spec: ModelSpec, interpreter):
+    def __init__(self, spec: ModelSpec, interpreter, recognisers=None):
         super().__init__(spec, interpreter)
+        self._recognisers = recognisers
         size = spec.image.size
         shape = tuple(self._inputs[0]["shape"]) if len(self._inputs) == 1 else None
         if shape != (1, size, size, 3):
@@ -171,7 +176,13 @@ class ImageEncoder(_Tower):
         model_dir = Path(options.model_dir)
         spec = read_spec(model_dir, verify=options.verify)
         interpreter = load_interpreter(model_dir / spec.image.file, options.num_threads)
-        return cls(spec, interpreter)
+        recognisers = None
+        if spec.recognisers is not None:
+            from device.recognisers.fusion import PhotoRecognisers
+
+            recognisers = PhotoRecognisers.create_from_model_dir(model_dir, spec.recognisers, spec.dim,
+                                                                 options.num_threads)
+        return cls(spec, interpreter, recognisers)
 
     @classmethod
     def create_from_model_dir(cls, model_dir: Path, num_threads: int = 1) -> "ImageEncoder":
@@ -183,13 +194,46 @@ class ImageEncoder(_Tower):
         """Side of the square input, in pixels."""
         return self.spec.image.size
 
+    @property
+    def has_recognisers(self) -> bool:
+        """Whether photo vectors fuse recognisers' concepts into the tower's."""
+        return self._recognisers is not None
+
     def embed_image(self, image) -> np.ndarray:
-        """Embed a PIL image (RGB, upright)."""
-        return self._run(images.tower_input(image, self.input_size))
+        """Embed a PIL image (RGB, upright): the tower's vector, fused with the recognisers' if any."""
+        tower = self._run(images.tower_input(image, self.input_size))
+        if self._recognisers is None:
+            return tower
+        from device.recognisers.fusion import fuse
+
+        return fuse(tower, self._recognisers.added(image))
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """Embed a prepared input: (size, size, 3) RGB in 0..255, any numeric dtype."""
+        """Embed a prepared input: (size, size, 3) RGB in 0..255, any numeric dtype.
+
+        With recognisers, they see only these pixels (the tower's crop), not the whole
+        photo: pass a photo to :meth:`embed_image` when you have one.
+        """
+        array = np.asarray(pixels, dtype=np.float32).reshape(1, self.input_size, self.input_size, 3)
+        tower = self._run(array)
+        if self._recognisers is None:
+            return tower
+        from PIL import Image
+
+        from device.recognisers.fusion import fuse
+
+        image = Image.fromarray(np.clip(array[0], 0, 255).astype(np.uint8), "RGB")
+        return fuse(tower, self._recognisers.added(image))
+
+    def tower_vector(self, pixels: np.ndarray) -> np.ndarray:
+        """The image tower's own vector of a prepared input, without recognisers (tower parity checks)."""
         return self._run(np.asarray(pixels, dtype=np.float32).reshape(1, self.input_size, self.input_size, 3))
+
+    def close(self) -> None:
+        """Release the interpreters. Further calls raise ``ValueError``."""
+        super().close()
+        if self._recognisers is not None:
+            self._recognisers.close()
 
     def embed_file(self, path: Path) -> np.ndarray:
         """Open, orient and embed the photo at ``path``.

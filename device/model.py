@@ -15,7 +15,11 @@ from pathlib import Path
 from device.errors import ModelInvalid
 
 MODEL_FORMAT = "glimpse-model"
-MODEL_FORMAT_VERSION = 1
+#: The version written for a model with recognisers; one without is written as version 1,
+#: byte for byte as before, so older Glimpse releases keep reading it.
+MODEL_FORMAT_VERSION = 2
+#: Versions this Glimpse reads. Version 1 has no ``recognisers`` section.
+READABLE_FORMAT_VERSIONS = (1, 2)
 SPEC_NAME = "model.json"
 #: Files a model directory may hold besides model.json and the files it names: the
 #: model card, and a trained model's history and text weights (for export-tasklib).
@@ -47,6 +51,101 @@ class ImageTowerSpec:
 
     file: str
     size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class FacesSpec:
+    """The face recogniser of a model (``recognisers.faces`` in model.json).
+
+    Attributes:
+        file: the BlazeFace full-range ``.tflite`` file (its sha256 in ``files``).
+        min_score: faces scoring below this are not counted.
+        weights: concept name -> weight; names are rows of the concepts file's ``faces`` array
+            (``person``, ``portrait``, ``group``), each gated as docs/models.md says.
+        portrait_area: share of the photo a single face must cover to count fully as a portrait.
+        group_size: faces at which the group concept counts fully.
+    """
+
+    file: str
+    min_score: float
+    weights: dict
+    portrait_area: float
+    group_size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ColoursSpec:
+    """The colour-term recogniser of a model (``recognisers.colours`` in model.json).
+
+    Attributes:
+        weight: weight of the colour-term concepts.
+        min_coverage: a term counts only when it covers more than this share of the pixels.
+        terms: the terms whose concepts are added (the chromatic ones; black, white and grey
+            cover most real photos and say little alone).
+        centred: subtract the mean of the 11 term vectors from each (keeps what tells
+            one colour from another, drops the "a colour" direction they share).
+        bw_weight: weight of the black-and-white concept.
+        bw_max_chromatic: a photo is black and white when its chromatic terms cover less than this.
+    """
+
+    weight: float
+    min_coverage: float
+    terms: tuple
+    centred: bool
+    bw_weight: float
+    bw_max_chromatic: float
+
+
+@dataclasses.dataclass(frozen=True)
+class RecognisersSpec:
+    """What a model fuses into each photo vector beyond the image tower (format version 2).
+
+    Attributes:
+        concepts: the ``.npz`` of concept vectors in the text tower's space: ``faces``
+            (k, dim) with names ``faces_names``, ``colours`` (11, dim) in
+            ``device.recognisers.colours.COLOUR_TERMS`` order, ``black_and_white`` (dim,).
+        faces, colours: each recogniser, or ``None`` when the model lacks it.
+    """
+
+    concepts: str
+    faces: FacesSpec | None
+    colours: ColoursSpec | None
+
+    @classmethod
+    def from_json(cls, doc) -> "RecognisersSpec":
+        """Parse the ``recognisers`` object; raises ``ValueError``/``TypeError``/``KeyError`` if malformed."""
+        if not isinstance(doc, dict):
+            raise TypeError("recognisers must be an object")
+        faces = colours = None
+        if doc.get("faces") is not None:
+            f = doc["faces"]
+            faces = FacesSpec(file=str(f["file"]), min_score=float(f["min_score"]),
+                              weights={str(k): float(v) for k, v in dict(f["weights"]).items()},
+                              portrait_area=float(f["portrait_area"]), group_size=int(f["group_size"]))
+            if faces.group_size < 2 or faces.portrait_area <= 0:
+                raise ValueError("faces: group_size must be >= 2 and portrait_area > 0")
+        if doc.get("colours") is not None:
+            c = doc["colours"]
+            colours = ColoursSpec(weight=float(c["weight"]), min_coverage=float(c["min_coverage"]),
+                                  terms=tuple(str(t) for t in c["terms"]), centred=bool(c["centred"]),
+                                  bw_weight=float(c["bw_weight"]), bw_max_chromatic=float(c["bw_max_chromatic"]))
+        if faces is None and colours is None:
+            raise ValueError("recognisers names neither faces nor colours")
+        return cls(concepts=str(doc["concepts"]), faces=faces, colours=colours)
+
+    def to_json(self) -> dict:
+        """The ``recognisers`` object."""
+        doc = {"concepts": self.concepts}
+        if self.faces is not None:
+            doc["faces"] = dataclasses.asdict(self.faces)
+        if self.colours is not None:
+            doc["colours"] = dict(dataclasses.asdict(self.colours), terms=list(self.colours.terms))
+        return doc
+
+    @property
+    def file_names(self) -> list[str]:
+        """The files this section names (each needs a sha256 in ``files``)."""
+        return [self.concepts] + ([self.faces.file] if self.faces else [])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +193,8 @@ class ModelSpec:
         text, image: how to feed each tower.
         files: sha256 of every file the spec names.
         extra: everything else the builder recorded (recipe, parity figures).
+        recognisers: what is fused into each photo vector besides the image tower
+            (format version 2); ``None`` for a tower-only model.
     """
 
     id: str
@@ -105,6 +206,7 @@ class ModelSpec:
     image: ImageTowerSpec
     files: dict
     extra: dict = dataclasses.field(default_factory=dict)
+    recognisers: RecognisersSpec | None = None
 
     @property
     def relevance(self) -> Relevance | None:
@@ -126,13 +228,19 @@ class ModelSpec:
         an unchanged id and version (``glimpse-trained@1.0.0`` twice) embeds again
         instead of mixing two embedding spaces.
         """
-        return f"{self.full_id}#{self.files[self.image.file][:16]}"
+        key = f"{self.full_id}#{self.files[self.image.file][:16]}"
+        if self.recognisers is not None:
+            # The fused vector also depends on the recognisers' files and settings.
+            blob = json.dumps(self.recognisers.to_json(), sort_keys=True) + "".join(
+                self.files[name] for name in self.recognisers.file_names)
+            key += "+" + hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return key
 
     def to_json(self) -> dict:
         """The ``model.json`` document for this spec."""
         doc = {
             "format": MODEL_FORMAT,
-            "format_version": MODEL_FORMAT_VERSION,
+            "format_version": 1 if self.recognisers is None else MODEL_FORMAT_VERSION,
             "id": self.id,
             "version": self.version,
             "dim": self.dim,
@@ -142,6 +250,8 @@ class ModelSpec:
             "image": dataclasses.asdict(self.image),
             "files": dict(sorted(self.files.items())),
         }
+        if self.recognisers is not None:
+            doc["recognisers"] = self.recognisers.to_json()
         doc.update(self.extra)
         return doc
 
@@ -176,14 +286,21 @@ def read_spec(model_dir: Path, verify: bool = True) -> ModelSpec:
         raise ModelInvalid(f"{spec_path}: unreadable model spec: {exc}") from None
     if not isinstance(doc, dict) or doc.get("format") != MODEL_FORMAT:
         raise ModelInvalid(f"{spec_path}: not a {MODEL_FORMAT} spec")
-    if doc.get("format_version") != MODEL_FORMAT_VERSION:
+    version = doc.get("format_version")
+    if version not in READABLE_FORMAT_VERSIONS:
         raise ModelInvalid(
-            f"{spec_path}: model format version {doc.get('format_version')!r} is not supported "
-            f"(this Glimpse reads version {MODEL_FORMAT_VERSION})"
+            f"{spec_path}: model format version {version!r} is not supported "
+            f"(this Glimpse reads versions {', '.join(map(str, READABLE_FORMAT_VERSIONS))})"
         )
+    if version == 1 and "recognisers" in doc:
+        raise ModelInvalid(f"{spec_path}: a version-1 model spec cannot have recognisers (write format_version 2)")
+    try:
+        recognisers = None if doc.get("recognisers") is None else RecognisersSpec.from_json(doc["recognisers"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelInvalid(f"{spec_path}: malformed recognisers: {exc!r}") from None
     try:
         known = {"format", "format_version", "id", "version", "dim", "distance",
-                 "quantization", "text", "image", "files"}
+                 "quantization", "text", "image", "files", "recognisers"}
         spec = ModelSpec(
             id=str(doc["id"]),
             version=str(doc["version"]),
@@ -194,6 +311,7 @@ def read_spec(model_dir: Path, verify: bool = True) -> ModelSpec:
             image=ImageTowerSpec(**doc["image"]),
             files=dict(doc["files"]),
             extra={k: v for k, v in doc.items() if k not in known},
+            recognisers=recognisers,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelInvalid(f"{spec_path}: malformed model spec: {exc!r}") from None
@@ -203,7 +321,8 @@ def read_spec(model_dir: Path, verify: bool = True) -> ModelSpec:
         raise ModelInvalid(f"{spec_path}: malformed relevance: {exc!r}") from None
     if spec.distance != "cosine":
         raise ModelInvalid(f"{spec_path}: distance {spec.distance!r} is not supported (only cosine)")
-    for name in (spec.text.file, spec.text.tokenizer, spec.image.file):
+    for name in (spec.text.file, spec.text.tokenizer, spec.image.file,
+                 *(spec.recognisers.file_names if spec.recognisers else ())):
         if name not in spec.files:
             raise ModelInvalid(f"{spec_path}: {name} has no recorded sha256")
     if verify:
