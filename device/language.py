@@ -5,7 +5,8 @@ names its router. Both routers work offline on short queries and are chosen by
 retrieval on the evaluation set's tuning half (bench/RESULTS.md, "Routing by language"):
 
 * ``heuristic``: English when every letter is ASCII and every word is a whole
-  word of the primary tokenizer's (MiniLM's WordPiece) vocabulary and not one of
+  word of the primary tokenizer's (MiniLM's WordPiece) vocabulary (or an inflection or a
+  two-word compound of such words) and not one of
   a few dozen function words of other Latin-script languages. Costs microseconds
   and no memory beyond the vocabulary the primary tokenizer holds already.
 * ``py3langid``: langid.py's naive Bayes model (PyPI ``py3langid``, model inside
@@ -27,13 +28,18 @@ _WORD = re.compile(r"[a-z]+")
 #: Short function words of es, de, fr, pt, it (articles, prepositions, conjunctions) that
 #: BERT's uncased English vocabulary also holds as whole words, so vocabulary coverage
 #: alone would call "un gato" English. Words that are English too (die, am, no, con) are left out.
+#: ("um" is kept: a hesitation is not a photo search.)
 FOREIGN_FUNCTION_WORDS = frozenset("""
 un una uno unos unas el los las del y sobre bajo entre muy
 ein eine einer einen einem eines der das den dem und ohne auf im vom zum zur ist von bei unter
-une le les du et avec sans sur sous dans est aux
-uma uns umas os da das dos na nas nos sem sob
-il gli della delle dello nel nella sul sulla di che
+une le les du des et avec sans sur sous dans est aux
+um uma uns umas os da das dos na nas nos sem sob
+il gli della delle dello nel nella sul sulla di che de
 """.split())
+
+
+#: English inflections stripped before looking a word up (plural, past, gerund, comparative).
+_SUFFIXES = ("s", "es", "ed", "d", "ing", "er", "ers")
 
 
 class LanguageRouter(Protocol):
@@ -65,7 +71,22 @@ class VocabularyRouter:
         if self._words is None:
             self._words = frozenset(w for w in self._source() if w.isascii() and w.isalpha())
         words = _WORD.findall(text.lower())
-        return all(w in self._words and w not in FOREIGN_FUNCTION_WORDS for w in words)
+        return all(w not in FOREIGN_FUNCTION_WORDS and self._known(w) for w in words)
+
+    def _known(self, word: str) -> bool:
+        """A whole vocabulary word, an inflection of one, or a compound of two (BERT's
+        30k-piece vocabulary lacks many plurals and compounds: planks, ladybird, motorbike)."""
+        vocab = self._words
+        if word in vocab:
+            return True
+        for suffix in _SUFFIXES:
+            if word.endswith(suffix) and len(word) - len(suffix) >= 3 and word[:-len(suffix)] in vocab:
+                return True
+        return any(word[:i] in vocab and (word[i:] in vocab or self._known_inflection(word[i:]))
+                   for i in range(3, len(word) - 2))
+
+    def _known_inflection(self, word: str) -> bool:
+        return any(word.endswith(s) and word[:-len(s)] in self._words for s in _SUFFIXES)
 
 
 class LangidRouter:

@@ -23,7 +23,8 @@ from device.model import SPEC_NAME, MultilingualRoute, read_spec, sha256_file, w
 
 #: One query per language of the evaluation set (not taken from it), and the route each must take.
 QUERIES = {
-    "en": ["a cat sleeping on a sofa", "something red", "two people at the beach", "black and white"],
+    "en": ["a cat sleeping on a sofa", "something red", "two people at the beach", "black and white",
+           "a motorbike", "sunflowers in a field", "painted houses"],
     "es": ["un gato durmiendo en el sofá", "algo rojo", "una manzana"],
     "de": ["eine Katze auf dem Sofa", "ein Apfel", "Straßenbahn im Schnee"],
     "fr": ["un chat qui dort", "une pomme", "les montagnes enneigées"],
