@@ -68,6 +68,7 @@ def test_english_takes_minilm_and_portuguese_the_projected_e5_tower(routed, mode
         # The primary route is the v1 model's vector, bit for bit.
         with TextEncoder.create_from_model_dir(model_dir) as v1:
             np.testing.assert_array_equal(english, v1.embed("a cat sleeping on a sofa"))
+        others = [encoder.embed(t) for t in ("a red car on the street", "a mountain lake", "coins on a table")]
         text = "um gato dormindo no sofá"
         assert encoder.route_of(text) == MULTILINGUAL_ROUTE
         vector = encoder.embed(text)
@@ -75,4 +76,5 @@ def test_english_takes_minilm_and_portuguese_the_projected_e5_tower(routed, mode
     with torch.no_grad():
         want = module(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()[0]
     assert float(vector @ want) >= 0.99
-    assert float(vector @ english) > 0.5  # the same concept, in MiniLM's space
+    # In MiniLM's space, nearest the same concept in English (the projection is fitted on English only).
+    assert float(vector @ english) > max(float(vector @ other) for other in others)
