@@ -71,8 +71,8 @@ def add_multilingual_route(model_dir: Path, projection_path: Path | None = None,
         The ``text.multilingual`` object written into ``model.json``.
 
     Raises:
-        ValueError: the converted tower's parity with PyTorch is below :data:`PARITY_MIN`, or
-            the projection does not map into the model's dimension.
+        ValueError: unknown router, the converted tower's parity with PyTorch is below
+            :data:`PARITY_MIN`, or the projection does not map into the model's dimension.
         device.errors.ModelInvalid: ``model_dir`` is not a valid model directory.
     """
     import torch
@@ -81,6 +81,10 @@ def add_multilingual_route(model_dir: Path, projection_path: Path | None = None,
     from provisioning import convert
     from provisioning.default_model import run_tflite
 
+    from device.language import ROUTERS
+
+    if router not in ROUTERS:
+        raise ValueError(f"unknown router {router!r}; choose from {', '.join(ROUTERS)}")
     model_dir = Path(model_dir)
     spec = read_spec(model_dir, verify=True)
     if projection_path is None:
@@ -134,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--projection", type=Path, help="a saved projection (.npz); default: fit one")
     parser.add_argument("--variant", choices=build.VARIANTS, default="full")
     parser.add_argument("--quantization", choices=("int8", "float32"), default="int8")
-    parser.add_argument("--router", default="heuristic")
+    parser.add_argument("--router", default="heuristic", help="heuristic (chosen on the tuning half) or py3langid")
     args = parser.parse_args(argv)
     doc = add_multilingual_route(args.model_dir, args.projection, args.variant, args.quantization, args.router)
     print(json.dumps(doc))
