@@ -20,7 +20,9 @@ import pytest
 from device import images
 from device.encoders import ImageEncoder, TextEncoder
 from device.model import read_spec
-from provisioning import cli, clip_import, convert
+from provisioning import cli
+from provisioning.models.clip import importer as clip_import
+from provisioning.models import convert
 from tests.conftest import LIBRARY_PHOTOS, run_cli
 
 pytestmark = pytest.mark.host
@@ -334,7 +336,7 @@ def test_parity_below_the_floor_is_refused(capsys, sources, tmp_path, monkeypatc
 def test_end_of_text_is_found_by_the_mask_whatever_the_pad_id(imported, loaded, name):
     # A causal CLIP text tower's end-of-text feature cannot depend on what follows it:
     # padded with 0 (open_clip) or with end-of-text (HF), the converted tower agrees.
-    from provisioning import default_model
+    from provisioning.models import default as default_model
 
     model = imported(name, "float32")
     ids, mask = loaded(name).source_tokenize(["a dog on a beach", "Two DOGS playing in the snow!"])

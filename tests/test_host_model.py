@@ -12,7 +12,9 @@ import pytest
 
 from device import images
 from device.encoders import ImageEncoder, TextEncoder
-from provisioning import convert, default_model, demo
+from provisioning import demo
+from provisioning.models import convert
+from provisioning.models import default as default_model
 
 pytestmark = pytest.mark.host
 

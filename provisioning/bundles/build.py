@@ -29,7 +29,7 @@ from device.errors import GlimpseError, ImageUnreadable
 from device.model import SPEC_NAME, default_model_dir, read_spec, sha256_file
 from device.index import choose_kind
 from provisioning.cache import BuildCache, HashCache, default_cache_dir
-from provisioning.index import IndexOptions, build_index, text_queries
+from provisioning.bundles.index import IndexOptions, build_index, text_queries
 
 THUMB_FORMATS = {"jpeg": ("JPEG", ".jpg"), "webp": ("WEBP", ".webp")}
 

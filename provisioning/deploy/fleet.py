@@ -2,7 +2,7 @@
 
 Ansible (ansible-core) does the fleet part: the inventory, running several
 devices at once, per-host reports and carrying on past a failing host. Each
-device gets a ``glimpse-provision push`` (see :mod:`provisioning.push`), run on
+device gets a ``glimpse-provision push`` (see :mod:`provisioning.deploy.push`), run on
 this host by ``ansible/push.yml``; this module only finds and runs the playbook.
 """
 

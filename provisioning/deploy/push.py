@@ -53,7 +53,7 @@ from typing import Callable
 from device.bundle import Bundle
 from device.daemon import BUNDLES_DIR, CURRENT_LINK
 from device.errors import GlimpseError
-from provisioning.remote import DeviceUnreachable, Remote, last_line, shell
+from provisioning.deploy.remote import DeviceUnreachable, Remote, last_line, shell
 
 INCOMING_DIR = ".incoming"
 #: Where rsync keeps a file cut off mid-transfer, inside the incoming bundle.

@@ -173,7 +173,7 @@ def source_tree() -> Path:
     Raises:
         WheelhouseFailed: Glimpse runs from an installed wheel, not a source tree.
     """
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # provisioning/deploy/wheelhouse.py
     if not (root / "setup.cfg").is_file() or not (root / "device").is_dir():
         raise WheelhouseFailed(f"{root} is not a Glimpse source tree; pass --source DIR")
     return root

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from device.model import ImageTowerSpec, ModelSpec, TextTowerSpec, sha256_file, write_spec
-from provisioning import convert, demo
+from provisioning import demo
+from provisioning.models import convert
 
 MODEL_ID = "glimpse-default"
 MODEL_VERSION = "1.1.0"
@@ -220,7 +221,7 @@ def export_towers(text_tower, image_tower, out_dir: Path, variant: str, max_toke
     """Convert both towers to ``.tflite`` in ``out_dir`` and copy MiniLM's tokenizer beside them.
 
     ``image_int8_ops`` limits int8 weights in the image tower to those ops
-    (see :func:`provisioning.convert.export_tflite`).
+    (see :func:`provisioning.models.convert.export_tflite`).
 
     Returns:
         The text and image tower file names.

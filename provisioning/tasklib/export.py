@@ -8,11 +8,11 @@ Glimpse code on the other side:
   Library's BERT path feeds: ``ids``, ``mask`` and ``segment_ids`` (int32,
   1 x max_tokens; the segment ids go to BERT's token type embedding), and one
   output, the unit-length embedding;
-* TFLite metadata (:mod:`provisioning.tflite_metadata`): model info, tensor
+* TFLite metadata (:mod:`provisioning.tasklib.tflite_metadata`): model info, tensor
   metadata naming the inputs as ``bert_utils`` looks them up, a BertTokenizer
   input process unit with the WordPiece vocabulary, and on the output tensor
   the index as a ``SCANN_INDEX_FILE``;
-* the ScaNN on-device index (:mod:`provisioning.scann_ondevice`) over the
+* the ScaNN on-device index (:mod:`provisioning.tasklib.scann_ondevice`) over the
   bundle's photo embeddings, one metadata string per photo: its relative path.
 
 Only a BERT WordPiece text tower can be fed by the Task Library's
@@ -34,8 +34,8 @@ import numpy as np
 
 from device.bundle import Bundle
 from device.errors import GlimpseError, ModelUnsupported
-from provisioning import tflite_metadata
-from provisioning.scann_ondevice import IndexLayout, build_index
+from provisioning.tasklib import tflite_metadata
+from provisioning.tasklib.scann_ondevice import IndexLayout, build_index
 
 VOCAB_FILE = "vocab.txt"
 INDEX_FILE = "index.ldb"
@@ -106,12 +106,12 @@ def torch_text_tower(spec, model_dir: Path):
     Raises:
         ModelUnsupported: any other model.
     """
-    from provisioning import default_model
+    from provisioning.models import default as default_model
 
     if spec.id == default_model.MODEL_ID:
         return default_model.load_text_tower(), None
     if "text_weights" in spec.extra:
-        from provisioning import train
+        from provisioning.models.train import run as train
 
         tower = train.load_text_export(model_dir, spec)
         return tower.tower, tower.head
@@ -190,7 +190,7 @@ def export_tower(spec, model_dir: Path, variant: str, path: Path) -> Path:
     tower, head = torch_text_tower(spec, model_dir)
     import torch
 
-    from provisioning.convert import export_tflite
+    from provisioning.models.convert import export_tflite
 
     # Three distinct tensors: the exporter treats one tensor passed thrice as one
     # input, and the graph would feed the segment ids to all three.
@@ -202,7 +202,7 @@ def tower_parity(searcher_tower: Path, bundle: Bundle, texts: list[str]) -> floa
     """Least cosine, over ``texts``, between the exported tower and the bundle's own."""
     from device.encoders import TextEncoder
     from device.runtime import load_interpreter
-    from provisioning.convert import cosine_rows
+    from provisioning.models.convert import cosine_rows
 
     interpreter = load_interpreter(searcher_tower)
     # ids, mask, segment ids: the order they were exported in (args_0, args_1, args_2).
@@ -260,7 +260,7 @@ def export(options: ExportOptions, log=print) -> dict:
         ModelUnsupported: the Task Library cannot run the bundle's model.
         GlimpseError: the host extra is missing; ``out`` exists and ``force`` is not set.
     """
-    from provisioning.default_model import REFERENCE_TEXTS
+    from provisioning.models.default import REFERENCE_TEXTS
 
     require_host_packages()
     out = Path(options.out)

@@ -34,7 +34,8 @@ import numpy as np
 
 from device.errors import GlimpseError
 from device.model import SPEC_NAME, ImageTowerSpec, ModelSpec, TextTowerSpec, sha256_file, write_spec
-from provisioning import convert, default_model
+from provisioning.models import convert
+from provisioning.models import default as default_model
 
 #: Parity floors (minimum cosine against PyTorch float32) per variant.
 PARITY_FLOOR = {"float32": 0.9999, "int8": 0.99}
@@ -159,7 +160,7 @@ def import_open_clip():
     """Import open_clip (and torchvision under it) on the CPU-only PyTorch; returns the module.
 
     torchvision's C++ ops do not load beside the CPU torch wheel; the finder
-    ``provisioning.torch_compat`` installs makes its pure-Python parts, all CLIP
+    ``provisioning.models.torch_compat`` installs makes its pure-Python parts, all CLIP
     needs, importable when open_clip imports it.
     """
     with warnings.catch_warnings():
@@ -224,7 +225,7 @@ def load_source(source: Path, arch: str | None = None) -> LoadedSource:
 def _load_open_clip(source: Path, kind: str, arch: str | None) -> LoadedSource:
     import torch
 
-    from provisioning import clip_towers
+    from provisioning.models.clip import towers as clip_towers
 
     open_clip = import_open_clip()
     if kind == "openclip-dir":
@@ -411,7 +412,7 @@ def _ftfy_like_normalizers() -> list:
 def _load_hf(source: Path) -> LoadedSource:
     import torch
 
-    from provisioning import clip_towers
+    from provisioning.models.clip import towers as clip_towers
 
     try:
         from transformers import AutoTokenizer, CLIPModel

@@ -67,11 +67,12 @@ import torch
 from device import images as photo_io
 from device.errors import GlimpseError, ImageUnreadable
 from device.model import ImageTowerSpec, ModelSpec, TextTowerSpec, sha256_file, write_spec
-from provisioning import convert, default_model
-from provisioning.build import Progress, staged_directory
+from provisioning.models import convert
+from provisioning.models import default as default_model
+from provisioning.bundles.build import Progress, staged_directory
 from provisioning.cache import FeatureCache, default_cache_dir
-from provisioning.captions import CaptionSet, read_captions
-from provisioning.evaluate import RECALL_AT, ranks
+from provisioning.models.captions import CaptionSet, read_captions
+from provisioning.models.evaluate import RECALL_AT, ranks
 
 #: Transformer layers of all-MiniLM-L6-v2 and MBConv blocks of EfficientNet-Lite0:
 #: the most that can be unfrozen.
@@ -118,7 +119,7 @@ class TrainOptions:
 
     Attributes:
         captions: captions file: COCO-format ``.json``, ``.csv`` or ``.jsonl``
-            (see :func:`provisioning.captions.read_captions`).
+            (see :func:`provisioning.models.captions.read_captions`).
         images: the folder image names are relative to.
         out: the model directory to write.
         split: train only on images whose ``split`` field is this (COCO ``.json``).

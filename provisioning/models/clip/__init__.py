@@ -1,0 +1,1 @@
+"""``glimpse-provision import-model``: OpenCLIP and Hugging Face CLIP checkpoints as Glimpse models."""

@@ -1,0 +1,1 @@
+"""``glimpse-provision train``: projection heads (and unfrozen blocks) trained on captioned photos."""
