@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from device import settings
-from device.errors import GlimpseError
+from device.errors import GlimpseError, run_command
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -85,22 +85,6 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``glimpse``; returns the exit status."""
     args = _parser().parse_args(argv)
     return run_command("glimpse", _COMMANDS[args.command], args)
-
-
-def run_command(prog: str, command, args) -> int:
-    """Run one subcommand the way both command lines do: a :class:`GlimpseError`
-    becomes ``PROG: error: ...`` on stderr and its ``exit_status`` (a traceback
-    only with ``--debug``); Ctrl-C exits 130."""
-    try:
-        return command(args)
-    except GlimpseError as exc:
-        if args.debug:
-            raise
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return exc.exit_status
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
 
 
 def _search(args) -> int:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-import os
 import signal
 import sqlite3
 import sys
@@ -26,7 +25,9 @@ import threading
 import time
 from pathlib import Path
 
-from device.errors import BundleInvalid, GlimpseError
+from device import datadir
+from device.datadir import BUNDLES_DIR, CURRENT_LINK
+from device.errors import GlimpseError
 from device.metrics import Metrics
 from device.search import Searcher, SearcherOptions
 from device.settings import Settings
@@ -34,10 +35,6 @@ from device.slideshow import Slideshow
 from device.systemd import Notifier
 
 log = logging.getLogger("glimpse")
-
-BUNDLES_DIR = "bundles"
-CURRENT_LINK = "current"
-
 
 class Daemon:
     """Holds the searcher being served and swaps it on reload.
@@ -134,13 +131,13 @@ class Daemon:
             previous = self._searcher.bundle.id if self._searcher else None
             try:
                 if bundle_name is not None:
-                    target = self._bundle_by_name(bundle_name)
+                    target = datadir.bundle_by_name(self.settings.data_dir, bundle_name)
                     link = Path(self.settings.data_dir) / CURRENT_LINK
                     if link.exists() and not link.is_symlink():
                         raise GlimpseError(f"{link} is a directory, not a link: move it under "
                                            f"{Path(self.settings.data_dir) / BUNDLES_DIR} and link it")
                     searcher = self._open(target, verify="full")  # a new bundle is checked in full
-                    _switch_link(link, target)
+                    datadir.switch_link(link, target)
                 else:
                     searcher = self._open(self.settings.bundle_dir(), verify="full")
             except GlimpseError as exc:
@@ -226,12 +223,6 @@ class Daemon:
         panel = self.panel
         if panel is not None:
             panel.post(event)
-
-    def _bundle_by_name(self, name: str) -> Path:
-        bundles = Path(self.settings.data_dir) / BUNDLES_DIR
-        if not name or "/" in name or name in {".", ".."} or name.startswith("."):
-            raise BundleInvalid(f"{name!r} is not a bundle name (a directory under {bundles})")
-        return bundles / name
 
     def status(self) -> dict:
         """What ``/api/status`` reports."""
@@ -359,23 +350,6 @@ def _open_panel(daemon: Daemon, wake):
     from device.hw.panel import Panel
 
     return Panel(daemon, HardwareOptions.from_settings(daemon.settings), wake)
-
-
-def _switch_link(link: Path, target: Path) -> None:
-    """Point ``link`` at ``target`` atomically (a new link renamed over the old).
-
-    Raises:
-        GlimpseError: the link cannot be written (read-only or full disk...).
-    """
-    tmp = link.with_name(f".{link.name}.{os.getpid()}")
-    try:
-        tmp.unlink(missing_ok=True)
-        # A relative target keeps the data directory relocatable.
-        os.symlink(os.path.relpath(target, link.parent), tmp)
-        os.replace(tmp, link)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise GlimpseError(f"cannot switch {link} to {target.name}: {exc.strerror}") from None
 
 
 def _parse_time(text) -> float | None:

@@ -1,8 +1,11 @@
 """The one exception root of Glimpse and its subclasses.
 
 Every error a user can cause derives from :class:`GlimpseError`, and also from
-the matching built-in, so callers may catch either.
+the matching built-in, so callers may catch either. :func:`run_command` is how
+both command lines (``glimpse``, ``glimpse-provision``) turn one into an error line.
 """
+
+import sys
 
 
 class GlimpseError(Exception):
@@ -48,3 +51,116 @@ class RuntimeMissing(GlimpseError, ImportError):
 
 class HardwareInvalid(GlimpseError, ValueError):
     """A front-panel setting (pin, display, command) cannot be used as written."""
+
+
+def run_command(prog: str, command, args) -> int:
+    """Run one subcommand the way both command lines do: a :class:`GlimpseError`
+    becomes ``PROG: error: ...`` on stderr and its ``exit_status`` (a traceback
+    only with ``--debug``); Ctrl-C exits 130."""
+    try:
+        return command(args)
+    except GlimpseError as exc:
+        if args.debug:
+            raise
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return exc.exit_status
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+# ---------------------------------------------------------------------------
+# The host's errors (``glimpse-provision``), grouped by pipeline as gpiozero's
+# exc.py groups by device kind: catch a base to handle a whole stage.
+
+
+class HostToolsMissing(GlimpseError, ImportError):
+    """A host command needs the ``host`` extra (PyTorch, litert-torch...) and it is not installed."""
+
+
+class BundleBuildError(GlimpseError):
+    """Base of what stops ``glimpse-provision build`` from writing a bundle."""
+
+
+class BuildFailed(BundleBuildError, RuntimeError):
+    """The build could not produce a bundle (no photos, output in the way...)."""
+
+
+class BuildInterrupted(BundleBuildError, RuntimeError):
+    """Ctrl-C during a build; the cache keeps what was done."""
+
+    exit_status = 130
+
+
+class ModelBuildError(GlimpseError):
+    """Base of what stops the host from making a model (import, training, their data)."""
+
+
+class CaptionsInvalid(ModelBuildError, ValueError):
+    """A captions file cannot be read: unknown form, bad JSON/CSV, missing keys."""
+
+
+class CaptionImageUnknown(CaptionsInvalid):
+    """A COCO annotation names an ``image_id`` that ``images`` does not list."""
+
+
+class ModelSourceMissing(ModelBuildError, FileNotFoundError):
+    """The checkpoint file or directory to import does not exist."""
+
+
+class ModelSourceInvalid(ModelBuildError, ValueError):
+    """The source is not a CLIP model this importer reads, or its files are corrupt."""
+
+
+class ArchitectureUnknown(ModelBuildError, ValueError):
+    """``--arch`` is missing or not an architecture open_clip defines."""
+
+
+class ParityFailed(ModelBuildError, RuntimeError):
+    """The converted towers or tokenizer do not reproduce the source model."""
+
+
+class TrainInvalid(ModelBuildError, ValueError):
+    """Training cannot start: bad options, no usable data, a checkpoint that does not fit."""
+
+
+class TrainInterrupted(ModelBuildError, RuntimeError):
+    """Ctrl-C during training; a checkpoint (or the feature cache) keeps what was done."""
+
+    exit_status = 130
+
+
+class DeployError(GlimpseError):
+    """Base of what stops the host from getting Glimpse or a bundle onto devices."""
+
+
+class TargetInvalid(DeployError, ValueError):
+    """A wheelhouse target (platform, Python version, glibc) is not one Glimpse supports."""
+
+
+class WheelhouseFailed(DeployError, RuntimeError):
+    """pip could not build, download or resolve the wheelhouse (network, missing wheel...)."""
+
+
+class DeviceUnreachable(DeployError, ConnectionError):
+    """ssh cannot log in to the device (host down, wrong port, key refused...)."""
+
+
+class ToolMissing(DeployError, FileNotFoundError):
+    """``ssh`` or ``rsync`` is not installed on this host."""
+
+
+class PushFailed(DeployError, RuntimeError):
+    """A push step failed; the message names the step and what the rollback left serving."""
+
+
+class DiskFull(PushFailed):
+    """The device's data directory ran out of space during the transfer."""
+
+
+class InstallFailed(DeployError, RuntimeError):
+    """Setting the device up failed; the message names the step."""
+
+
+class FleetFailed(DeployError, RuntimeError):
+    """ansible-playbook is missing, or at least one device was not updated."""

@@ -33,8 +33,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from device.cli import run_command
-from device.errors import GlimpseError
+from device.datadir import DEFAULT_DATA_DIR
+from device.errors import GlimpseError, run_command
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -180,7 +180,7 @@ def _push_options(parser) -> None:
     ssh.add_argument("--ssh-option", action="append", default=[], metavar="NAME=VALUE",
                      help="an ssh -o option; repeat for several")
     device = parser.add_argument_group("device")
-    device.add_argument("--data-dir", default="/var/lib/glimpse", help="data directory (default /var/lib/glimpse)")
+    device.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help=f"data directory (default {DEFAULT_DATA_DIR})")
     device.add_argument("--remote-glimpse", default="/opt/glimpse/venv/bin/glimpse",
                         help="the glimpse command (default /opt/glimpse/venv/bin/glimpse)")
     device.add_argument("--daemon-port", type=int,
@@ -304,11 +304,13 @@ def _eval(args) -> int:
 
 
 def _train(args) -> int:
+    from provisioning import hostextra
+
+    hostextra.require("train", ("torch", "litert_torch", "transformers", "safetensors"))
     try:
         from provisioning.models.train import run as train
-    except ModuleNotFoundError as exc:
-        raise GlimpseError(f"train needs the host extra (PyTorch, transformers): {exc}; "
-                           "install glimpse[host] or use .venv-host") from None
+    except ModuleNotFoundError as exc:  # a host package the check above does not list
+        raise hostextra.missing("train", [exc.name]) from None
 
     options = train.TrainOptions(
         captions=args.captions, images=args.images, out=args.out, split=args.split, val_split=args.val_split,

@@ -25,23 +25,13 @@ import numpy as np
 from device import bundle as bundle_format
 from device import images
 from device.encoders import EncoderOptions, ImageEncoder
-from device.errors import GlimpseError, ImageUnreadable
+from device.errors import BuildFailed, BuildInterrupted, ImageUnreadable
 from device.model import SPEC_NAME, default_model_dir, read_spec, sha256_file
 from device.index import choose_kind
 from provisioning.cache import BuildCache, HashCache, default_cache_dir
 from provisioning.bundles.index import IndexOptions, build_index, text_queries
 
 THUMB_FORMATS = {"jpeg": ("JPEG", ".jpg"), "webp": ("WEBP", ".webp")}
-
-
-class BuildFailed(GlimpseError, RuntimeError):
-    """The build could not produce a bundle (no photos, output in the way...)."""
-
-
-class BuildInterrupted(GlimpseError, RuntimeError):
-    """Ctrl-C during a build; the cache keeps what was done."""
-
-    exit_status = 130
 
 
 @dataclasses.dataclass

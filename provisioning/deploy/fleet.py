@@ -15,14 +15,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from device.errors import GlimpseError
+from device.errors import FleetFailed
 
 #: The playbook, shipped with the package.
 PLAYBOOK = Path(__file__).resolve().parent / "ansible" / "push.yml"
-
-
-class FleetFailed(GlimpseError, RuntimeError):
-    """ansible-playbook is missing, or at least one device was not updated."""
 
 
 def ansible_playbook() -> str:

@@ -38,7 +38,8 @@ import sys
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from device.errors import GlimpseError
+from device.datadir import DEFAULT_DATA_DIR
+from device.errors import InstallFailed
 from provisioning.deploy.push import PushLog, PushOptions
 from provisioning.deploy.remote import Remote, last_line, shell
 from provisioning.deploy.wheelhouse import PLATFORMS, build_glimpse_wheel, read_manifest, source_tree
@@ -55,10 +56,6 @@ STEPS = ("user", "directories", "glimpse", "unit", "service")
 AS_ROOT = 'if [ "$(id -u)" = 0 ]; then {0}; else sudo -n {0}; fi'
 
 
-class InstallFailed(GlimpseError, RuntimeError):
-    """Setting the device up failed; the message names the step."""
-
-
 @dataclasses.dataclass(frozen=True)
 class InstallOptions:
     """What :func:`install_script` sets up.
@@ -73,7 +70,7 @@ class InstallOptions:
         unit_text: the systemd unit to adapt (default: :data:`UNIT_FILE`).
     """
 
-    data_dir: str = "/var/lib/glimpse"
+    data_dir: str = DEFAULT_DATA_DIR
     venv: str = VENV
     daemon_port: int = 8080
     login_user: str | None = None

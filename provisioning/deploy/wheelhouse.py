@@ -36,7 +36,7 @@ from urllib.parse import unquote, urlparse
 from packaging.tags import Tag, compatible_tags, cpython_tags
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 
-from device.errors import GlimpseError
+from device.errors import TargetInvalid, WheelhouseFailed
 from device.model import sha256_file
 
 MANIFEST = "wheelhouse.json"
@@ -57,14 +57,6 @@ MIN_PYTHON = (3, 11)
 #: ``--python-version``, when installing for another target (so a 3.13 target
 #: fails from a 3.11 host).
 MIN_PIP = (24, 2)
-
-
-class TargetInvalid(GlimpseError, ValueError):
-    """A wheelhouse target (platform, Python version, glibc) is not one Glimpse supports."""
-
-
-class WheelhouseFailed(GlimpseError, RuntimeError):
-    """pip could not build, download or resolve the wheelhouse (network, missing wheel...)."""
 
 
 @dataclasses.dataclass(frozen=True)

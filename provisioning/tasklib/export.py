@@ -34,6 +34,7 @@ import numpy as np
 
 from device.bundle import Bundle
 from device.errors import GlimpseError, ModelUnsupported
+from provisioning import hostextra
 from provisioning.tasklib import tflite_metadata
 from provisioning.tasklib.scann_ondevice import IndexLayout, build_index
 
@@ -71,30 +72,18 @@ class ExportOptions:
     force: bool = False
 
 
-#: What the export imports (the host extra): module name to the package that provides it.
-HOST_MODULES = {"torch": "torch", "litert_torch": "litert-torch", "transformers": "transformers",
-                "ai_edge_litert": "ai-edge-litert", "flatbuffers": "flatbuffers",
-                "google_crc32c": "google-crc32c", "google.protobuf": "protobuf"}
+#: What the export imports from the host extra (see :mod:`provisioning.hostextra`).
+HOST_MODULES = ("torch", "litert_torch", "transformers", "ai_edge_litert", "flatbuffers", "google_crc32c",
+                "google.protobuf")
 
 
 def require_host_packages() -> None:
     """Check that the host extra is installed, before any work is done.
 
     Raises:
-        GlimpseError: naming the missing packages and how to install them.
+        HostToolsMissing: naming the missing packages and how to install them.
     """
-    import importlib.util
-
-    def missing(module):
-        try:
-            return importlib.util.find_spec(module) is None
-        except ModuleNotFoundError:  # a dotted name whose parent is absent
-            return True
-
-    absent = [package for module, package in HOST_MODULES.items() if missing(module)]
-    if absent:
-        raise GlimpseError(f"export-tasklib needs the host extra (missing: {', '.join(absent)}): "
-                           f"pip install 'glimpse[host]'")
+    hostextra.require("export-tasklib", HOST_MODULES)
 
 
 def torch_text_tower(spec, model_dir: Path):

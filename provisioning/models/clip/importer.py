@@ -32,8 +32,14 @@ from pathlib import Path
 
 import numpy as np
 
-from device.errors import GlimpseError
+from device.errors import (
+    ArchitectureUnknown,
+    ModelSourceInvalid,
+    ModelSourceMissing,
+    ParityFailed,
+)
 from device.model import SPEC_NAME, ImageTowerSpec, ModelSpec, TextTowerSpec, sha256_file, write_spec
+from provisioning import hostextra
 from provisioning.models import convert
 from provisioning.models import default as default_model
 
@@ -58,41 +64,13 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 UNKNOWN_LICENCE = "unknown: not given to import-model; check the weights' licence before shipping"
 
 
-class ModelSourceMissing(GlimpseError, FileNotFoundError):
-    """The checkpoint file or directory to import does not exist."""
-
-
-class ModelSourceInvalid(GlimpseError, ValueError):
-    """The source is not a CLIP model this importer reads, or its files are corrupt."""
-
-
-class ArchitectureUnknown(GlimpseError, ValueError):
-    """``--arch`` is missing or not an architecture open_clip defines."""
-
-
-class ParityFailed(GlimpseError, RuntimeError):
-    """The converted towers or tokenizer do not reproduce the source model."""
-
-
-class HostToolsMissing(GlimpseError, ImportError):
-    """PyTorch, litert-torch or open_clip is not installed (the ``host`` extra)."""
-
-
 def require_host_tools() -> None:
     """Check that the host tools the import needs are installed, before any work.
 
     Raises:
         HostToolsMissing: naming what is missing and how to install it.
     """
-    import importlib.util
-
-    missing = [name for module, name in (("torch", "torch"), ("litert_torch", "litert-torch"),
-                                         ("open_clip", "open_clip_torch"), ("transformers", "transformers"))
-               if importlib.util.find_spec(module) is None]
-    if missing:
-        raise HostToolsMissing(
-            f"import-model needs the host tools ({', '.join(missing)} missing): install Glimpse with the host "
-            "extra (pip install -e '.[host]'), or run it from .venv-host (make test creates it)")
+    hostextra.require("import-model", ("torch", "litert_torch", "open_clip", "transformers"))
 
 
 @dataclasses.dataclass

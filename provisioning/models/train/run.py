@@ -65,7 +65,7 @@ import numpy as np
 import torch
 
 from device import images as photo_io
-from device.errors import GlimpseError, ImageUnreadable
+from device.errors import ImageUnreadable, TrainInterrupted, TrainInvalid
 from device.model import ImageTowerSpec, ModelSpec, TextTowerSpec, sha256_file, write_spec
 from provisioning.models import convert
 from provisioning.models import default as default_model
@@ -101,16 +101,6 @@ HISTORY_FILE = "training.json"
 #: What training changed on the text side (the text head and any unfrozen layers), kept
 #: in the model directory so the host can rebuild the text tower in PyTorch (export-tasklib).
 TEXT_WEIGHTS_FILE = "text_weights.safetensors"
-
-
-class TrainInvalid(GlimpseError, ValueError):
-    """Training cannot start: bad options, no usable data, a checkpoint that does not fit."""
-
-
-class TrainInterrupted(GlimpseError, RuntimeError):
-    """Ctrl-C during training; a checkpoint (or the feature cache) keeps what was done."""
-
-    exit_status = 130
 
 
 @dataclasses.dataclass
