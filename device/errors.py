@@ -78,6 +78,10 @@ class HostToolsMissing(GlimpseError, ImportError):
     """A host command needs the ``host`` extra (PyTorch, litert-torch...) and it is not installed."""
 
 
+class CacheInvalid(GlimpseError, ValueError):
+    """The host's build cache cannot be used as it is (written by a newer Glimpse)."""
+
+
 class BundleBuildError(GlimpseError):
     """Base of what stops ``glimpse-provision build`` from writing a bundle."""
 
