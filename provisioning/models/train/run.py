@@ -69,10 +69,11 @@ from device.errors import ImageUnreadable, TrainInterrupted, TrainInvalid
 from device.model import ImageTowerSpec, ModelSpec, TextTowerSpec, sha256_file, write_spec
 from provisioning.models import convert
 from provisioning.models import default as default_model
-from provisioning.bundles.build import Progress, staged_directory
+from provisioning.bundles.build import staged_directory
 from provisioning.cache import FeatureCache, default_cache_dir
 from provisioning.models.captions import CaptionSet, read_captions
 from provisioning.models.evaluate import RECALL_AT, ranks
+from provisioning.progress import Progress
 
 #: Transformer layers of all-MiniLM-L6-v2 and MBConv blocks of EfficientNet-Lite0:
 #: the most that can be unfrozen.
