@@ -17,6 +17,16 @@ from device.errors import ModelInvalid
 MODEL_FORMAT = "glimpse-model"
 MODEL_FORMAT_VERSION = 1
 SPEC_NAME = "model.json"
+#: The files a model directory holds besides ``model.json``, as the host names them
+#: (``model.json`` records the actual names, which is what the device reads).
+TEXT_FILE = "text_{variant}.tflite"
+IMAGE_FILE = "image_{variant}.tflite"
+TOKENIZER_FILE = "tokenizer.json"
+CARD_FILE = "MODEL_CARD.md"
+#: Inputs and PyTorch float32 embeddings any runtime checks itself against
+#: (``glimpse selftest``): arrays :data:`REFERENCE_KEYS` of one ``.npz`` file.
+REFERENCE_FILE = "reference.npz"
+REFERENCE_KEYS = ("texts", "text_embeddings", "photos", "photo_inputs", "photo_embeddings")
 
 
 @dataclasses.dataclass(frozen=True)

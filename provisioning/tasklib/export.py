@@ -249,7 +249,7 @@ def export(options: ExportOptions, log=print) -> dict:
         ModelUnsupported: the Task Library cannot run the bundle's model.
         GlimpseError: the host extra is missing; ``out`` exists and ``force`` is not set.
     """
-    from provisioning.models.default import REFERENCE_TEXTS
+    from provisioning.models.modeldir import REFERENCE_TEXTS
 
     require_host_packages()
     out = Path(options.out)

@@ -66,7 +66,7 @@ import torch
 
 from device import images as photo_io
 from device.errors import ImageUnreadable, TrainInterrupted, TrainInvalid
-from device.model import ImageTowerSpec, ModelSpec, TextTowerSpec, sha256_file, write_spec
+from device.model import CARD_FILE, ImageTowerSpec, ModelSpec, TextTowerSpec, sha256_file, write_spec
 from provisioning.models import convert
 from provisioning.models import default as default_model
 from provisioning.bundles.build import staged_directory
@@ -875,6 +875,7 @@ def export(options: TrainOptions, text: TextTower, image: ImageTower, heads: Dua
             text_file, image_file = default_model.export_towers(text_tower, image_tower, work, options.variant,
                                                                 MAX_TOKENS, IMAGE_SIZE, log,
                                                                 image_int8_ops=IMAGE_INT8_OPS)
+            default_model.copy_tokenizer(work)
         log("checking parity against PyTorch")
         photo_names, photo_inputs = default_model.reference_inputs(IMAGE_SIZE)
         parity = default_model.check_parity(work, text_file, image_file, text_tower, image_tower, text.tokenizer,
@@ -904,7 +905,7 @@ def export(options: TrainOptions, text: TextTower, image: ImageTower, heads: Dua
                    "licence": "Apache-2.0 towers; trained on the user's data (see MODEL_CARD.md)"},
         )
         write_spec(work, spec)
-        (work / default_model.CARD_FILE).write_text(model_card(spec, result), encoding="utf-8")
+        (work / CARD_FILE).write_text(model_card(spec, result), encoding="utf-8")
     log(f"wrote {out}")
     return spec
 
