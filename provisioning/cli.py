@@ -308,7 +308,7 @@ def _train(args) -> int:
 
     hostextra.require("train", ("torch", "litert_torch", "transformers", "safetensors"))
     try:
-        from provisioning.models.train import run as train
+        from provisioning.models import train
     except ModuleNotFoundError as exc:  # a host package the check above does not list
         raise hostextra.missing("train", [exc.name]) from None
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import sys
 import time
 
@@ -35,3 +37,11 @@ class Progress:
         note = f": {note}" if note else ""
         print(f"\r{self.label}: {done}/{self.total}{note} ({rate:.1f}/s{cached}, {eta})   ",
               end="\n" if final else "", file=sys.stderr, flush=True)
+
+
+
+def chatter_away(progress: bool):
+    """Send what the libraries print while loading and converting (weight loading,
+    converter stages) to stderr with the progress lines, or nowhere when quiet:
+    stdout is for the result table."""
+    return contextlib.redirect_stdout(sys.stderr if progress else io.StringIO())

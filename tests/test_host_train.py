@@ -36,7 +36,7 @@ from device.search import Searcher  # noqa: E402
 from provisioning import demo  # noqa: E402
 from provisioning.models import convert  # noqa: E402
 from provisioning.models import default as default_model  # noqa: E402
-from provisioning.models.train import run as train  # noqa: E402
+from provisioning.models import train  # noqa: E402
 
 EPOCHS = 12
 

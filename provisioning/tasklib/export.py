@@ -100,7 +100,7 @@ def torch_text_tower(spec, model_dir: Path):
     if spec.id == default_model.MODEL_ID:
         return default_model.load_text_tower(), None
     if "text_weights" in spec.extra:
-        from provisioning.models.train import run as train
+        from provisioning.models import train
 
         tower = train.load_text_export(model_dir, spec)
         return tower.tower, tower.head
