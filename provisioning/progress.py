@@ -39,7 +39,6 @@ class Progress:
               end="\n" if final else "", file=sys.stderr, flush=True)
 
 
-
 def chatter_away(progress: bool):
     """Send what the libraries print while loading and converting (weight loading,
     converter stages) to stderr with the progress lines, or nowhere when quiet:

@@ -9,18 +9,12 @@ from device.errors import TrainInvalid
 from provisioning.models import convert
 from provisioning.models import default as default_model
 
-
 #: Transformer layers of all-MiniLM-L6-v2 and MBConv blocks of EfficientNet-Lite0:
 #: the most that can be unfrozen.
 TEXT_LAYERS = 6
-
 IMAGE_BLOCKS = 16
-
 MAX_TOKENS = default_model.RECIPE["max_tokens"]
-
 IMAGE_SIZE = default_model.RECIPE["image_size"]
-
-
 #: The image tower's ops that get int8 weights in an int8 export. EfficientNet-Lite0's
 #: depthwise convolutions stay float32: their int8 kernels moved the trained
 #: image embeddings to cosine 0.92 of PyTorch on drawn shapes and 0.989 on

@@ -18,7 +18,6 @@ from provisioning.models.train.config import IMAGE_SIZE, TrainOptions
 from provisioning.models.train.towers import ImageTower, TextTower
 from provisioning.progress import Progress
 
-
 #: Inputs run through a frozen tower at once when filling the cache.
 FEATURE_BATCH = 32
 

@@ -19,12 +19,9 @@ from provisioning.models.train.data import Split
 from provisioning.models.train.towers import MAX_LOGIT_SCALE, DualHeads, ImageTower, TextTower, contrastive_loss
 from provisioning.progress import Progress
 
-
 #: Per-epoch checkpoint files kept besides ``last.pt``.
 KEEP_EPOCH_CHECKPOINTS = 3
-
 CHECKPOINT_FORMAT = 1
-
 LAST_CHECKPOINT = "last.pt"
 
 

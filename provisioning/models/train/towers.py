@@ -17,13 +17,9 @@ from provisioning.models import default as default_model
 from provisioning.models.train.config import IMAGE_BLOCKS, IMAGE_SIZE, MAX_TOKENS, TEXT_LAYERS
 
 TEXT_DIM = 384
-
 IMAGE_FEATURES = 1280
-
-
 #: CLIP's initial temperature (0.07) and its ceiling on the logit scale (100).
 INITIAL_LOGIT_SCALE = math.log(1 / 0.07)
-
 MAX_LOGIT_SCALE = math.log(100.0)
 
 
