@@ -210,7 +210,7 @@ def load_hnswlib(work: Path, items, args):
 
 def build_glimpse(work: Path, items, args) -> dict:
     from device.model import default_model_dir
-    from provisioning.index import IndexOptions, build_index, text_queries
+    from provisioning.bundles.index import IndexOptions, build_index, text_queries
 
     out = work / "glimpse"
     out.mkdir()
@@ -241,8 +241,8 @@ def build_glimpse_query(work: Path, items, args) -> dict:
     """A real bundle of these items (placeholder metadata, one shared thumbnail)."""
     from device import bundle as bundle_format
     from device.model import default_model_dir, read_spec
-    from provisioning.build import _copy_model
-    from provisioning.index import IndexOptions, build_index, text_queries
+    from provisioning.bundles.build import _copy_model
+    from provisioning.bundles.index import IndexOptions, build_index, text_queries
 
     out = work / "bundle"
     out.mkdir()

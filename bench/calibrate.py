@@ -4,10 +4,10 @@ Every (query, photo) pair of the evaluation set (``bench/eval``, all nine
 languages) is labelled relevant or not. Each candidate rule turns a pair into a
 number; its AUC says how well it separates relevant from irrelevant pairs, and a
 threshold fitted on the **tuning half only** at the target precision
-(``provisioning.calibration.fit_threshold``) is then applied unchanged to the
+(``provisioning.models.calibration.fit_threshold``) is then applied unchanged to the
 test half:
 
-- ``score``: the cosine score itself (the rule ``provisioning.calibration`` records);
+- ``score``: the cosine score itself (the rule ``provisioning.models.calibration`` records);
 - ``library z``: the score's z-score over the query's scores for every photo of the library;
 - ``to best``: score minus the query's best score in the library;
 - ``score + to best`` and ``library z + to best``: logistic regressions on both, fitted on the tuning half.
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import eval_set, multilingual_eval
-from provisioning import calibration
+from provisioning.models import calibration
 
 
 def _features(scores: np.ndarray) -> dict[str, np.ndarray]:

@@ -25,7 +25,7 @@ def main(argv=None) -> None:
     parser.add_argument("--variant", choices=("full", "enpt"), default="full")
     args = parser.parse_args(argv)
 
-    from provisioning import default_model
+    from provisioning.models import default as default_model
     from provisioning.models.e5 import packed, samples, tokenizer, tower
     from provisioning.models.e5.projection import Projection
 

@@ -26,7 +26,7 @@ def _row(model_dir: Path, repeat: int) -> dict:
     from device import images
     from device.encoders import EncoderOptions, ImageEncoder, TextEncoder
     from provisioning import demo
-    from provisioning.convert import cosine_rows
+    from provisioning.models.convert import cosine_rows
 
     options = EncoderOptions(model_dir=model_dir, num_threads=1)
     reference = np.load(model_dir / "reference.npz")

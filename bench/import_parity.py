@@ -35,7 +35,7 @@ def save_source(arch: str, root: Path) -> tuple[Path, str | None]:
     """``arch`` with random weights, saved as users get it; returns (source, --arch)."""
     import torch
 
-    from provisioning import clip_import
+    from provisioning.models import clip as clip_import
 
     open_clip = clip_import.import_open_clip()
     torch.manual_seed(0)
@@ -129,7 +129,7 @@ def main(argv=None) -> int:
         return time_models(args.time)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from device.model import read_spec
-    from provisioning import clip_import
+    from provisioning.models import clip as clip_import
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="glimpse-import-bench-") as tmp:

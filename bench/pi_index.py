@@ -27,7 +27,7 @@ def prepare(out: Path) -> None:
     """Build the index and record the host's answers under ``out``."""
     from bench import datasets
     from device.index import open_index
-    from provisioning.index import IndexOptions, build_index
+    from provisioning.bundles.index import IndexOptions, build_index
 
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / "embeddings.npy", datasets.fashion_items(30_000))

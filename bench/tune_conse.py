@@ -41,7 +41,7 @@ def main() -> None:
     import torch
 
     from device import images
-    from provisioning import default_model as dm
+    from provisioning.models import default as dm
     from provisioning import demo
 
     tower = dm.load_text_tower()

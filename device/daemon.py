@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-import os
 import signal
 import sqlite3
 import sys
@@ -30,8 +29,10 @@ import time
 import typing
 from pathlib import Path
 
+from device import datadir
 from device.admin import AttemptLimiter, TokenStore
-from device.errors import BundleNameInvalid, GlimpseError, PortInUse
+from device.datadir import BUNDLES_DIR, CURRENT_LINK
+from device.errors import GlimpseError, PortInUse
 from device.metrics import Metrics
 from device.search import Searcher, SearcherOptions
 from device.settings import Settings
@@ -43,14 +44,6 @@ if typing.TYPE_CHECKING:
     from device.ingest import DeltaLayer, FolderWatcher, IngestStore, Ingestor
 
 log = logging.getLogger("glimpse")
-
-BUNDLES_DIR = "bundles"
-CURRENT_LINK = "current"
-#: Longest bundle name, in bytes of UTF-8: a directory entry holds at most 255 (NAME_MAX).
-MAX_BUNDLE_NAME_BYTES = 255
-#: Under ``bundles/``: transfers in progress (``push``), never served.
-INCOMING_DIR = ".incoming"
-
 
 class Daemon:
     """Holds the searcher being served and swaps it on reload.
@@ -165,13 +158,13 @@ class Daemon:
             try:
                 try:
                     if bundle_name is not None:
-                        target = self._bundle_by_name(bundle_name)
+                        target = datadir.bundle_by_name(self.settings.data_dir, bundle_name)
                         link = Path(self.settings.data_dir) / CURRENT_LINK
                         if link.exists() and not link.is_symlink():
                             raise GlimpseError(f"{link} is a directory, not a link: move it under "
                                                f"{Path(self.settings.data_dir) / BUNDLES_DIR} and link it")
                         searcher = self._open(target, verify="full")  # a new bundle is checked in full
-                        _switch_link(link, target)
+                        datadir.switch_link(link, target)
                     else:
                         searcher = self._open(self.settings.bundle_dir(), verify="full")
                 except GlimpseError as exc:
@@ -248,7 +241,7 @@ class Daemon:
         except OSError:
             pass  # a dangling or looping link: switched back below
         try:
-            _switch_link(link, serving)
+            datadir.switch_link(link, serving)
         except GlimpseError as exc:
             log.error("could not switch %s back to the bundle being served (%s): %s; the next start "
                       "would fail: point it at a good bundle", link, serving.name, exc)
@@ -451,22 +444,6 @@ class Daemon:
         if panel is not None:
             panel.post(event)
 
-    def _bundle_by_name(self, name: str) -> Path:
-        """The directory of bundle ``name``.
-
-        Raises:
-            BundleNameInvalid: ``name`` is not one plain directory name.
-        """
-        bundles = Path(self.settings.data_dir) / BUNDLES_DIR
-        if len(name.encode("utf-8", "surrogatepass")) > MAX_BUNDLE_NAME_BYTES:
-            raise BundleNameInvalid(f"a bundle name of {len(name)} characters is not a bundle name: "
-                                    f"at most {MAX_BUNDLE_NAME_BYTES} bytes (a directory under {bundles})")
-        if (not name or "/" in name or "\\" in name or name.startswith(".")
-                or any(not ch.isprintable() for ch in name)):
-            raise BundleNameInvalid(f"{name!r} is not a bundle name (a directory under {bundles}, "
-                                    "without control characters, slashes or a leading dot)")
-        return bundles / name
-
     def status(self) -> dict:
         """What ``/api/status`` reports."""
         searcher = self.searcher
@@ -640,23 +617,6 @@ def _open_panel(daemon: Daemon, wake):
     from device.hw.panel import Panel
 
     return Panel(daemon, HardwareOptions.from_settings(daemon.settings), wake)
-
-
-def _switch_link(link: Path, target: Path) -> None:
-    """Point ``link`` at ``target`` atomically (a new link renamed over the old).
-
-    Raises:
-        GlimpseError: the link cannot be written (read-only or full disk...).
-    """
-    tmp = link.with_name(f".{link.name}.{os.getpid()}")
-    try:
-        tmp.unlink(missing_ok=True)
-        # A relative target keeps the data directory relocatable.
-        os.symlink(os.path.relpath(target, link.parent), tmp)
-        os.replace(tmp, link)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise GlimpseError(f"cannot switch {link} to {target.name}: {exc.strerror}") from None
 
 
 def _parse_time(text) -> float | None:

@@ -22,6 +22,11 @@ MODEL_FORMAT_VERSION = 2
 #: Versions this Glimpse reads. Version 1 has neither ``recognisers`` nor ``text.multilingual``.
 READABLE_FORMAT_VERSIONS = (1, 2)
 SPEC_NAME = "model.json"
+#: The files a model directory holds besides ``model.json``, as the host names them
+#: (``model.json`` records the actual names, which is what the device reads).
+TEXT_FILE = "text_{variant}.tflite"
+IMAGE_FILE = "image_{variant}.tflite"
+TOKENIZER_FILE = "tokenizer.json"
 #: Files a model directory may hold besides model.json and the files it names: the
 #: model card, and a trained model's history and text weights (for export-tasklib).
 #: Anything else in a directory means it is not Glimpse's alone (device.ownership).
@@ -31,6 +36,10 @@ HISTORY_FILE = "training.json"
 #: in the model directory so the host can rebuild the text tower in PyTorch (export-tasklib).
 TEXT_WEIGHTS_FILE = "text_weights.safetensors"
 COMPANION_FILES = (CARD_FILE, HISTORY_FILE, TEXT_WEIGHTS_FILE)
+#: Inputs and PyTorch float32 embeddings any runtime checks itself against
+#: (``glimpse selftest``): arrays :data:`REFERENCE_KEYS` of one ``.npz`` file.
+REFERENCE_FILE = "reference.npz"
+REFERENCE_KEYS = ("texts", "text_embeddings", "photos", "photo_inputs", "photo_embeddings")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,7 +208,7 @@ class Relevance:
 
     A result whose cosine score is at least the threshold is *strong*, any other
     *weak*. The thresholds are fitted per model on the evaluation set's tuning half
-    (``provisioning/calibration.py``; docs/models.md), because one model's scores
+    (``provisioning/models/calibration.py``; docs/models.md), because one model's scores
     cluster where another's spread: a fixed cut such as 0.5 means nothing across models.
 
     Attributes:

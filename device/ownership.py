@@ -40,6 +40,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from device.datadir import BUNDLES_DIR, CURRENT_LINK, INCOMING_DIR
 from device.errors import OutputRefused
 
 #: What :func:`identify` recognises.
@@ -353,8 +354,6 @@ def remove_bundles(data_dir: Path | str, names: Iterable[str]) -> list[tuple[str
     Returns:
         (name, ``None`` when removed or the reason it was left alone), in order.
     """
-    from device.daemon import BUNDLES_DIR, CURRENT_LINK, INCOMING_DIR
-
     bundles = Path(data_dir) / BUNDLES_DIR
     link = Path(data_dir) / CURRENT_LINK
     served = real(link) if os.path.lexists(link) else None

@@ -14,7 +14,7 @@ import numpy as np
 
 from device.encoders import ImageEncoder, TextEncoder
 from device.errors import ModelInvalid
-from device.model import default_model_dir, read_spec
+from device.model import REFERENCE_KEYS, default_model_dir, read_spec
 
 
 def run_selftest(model_dir: Path | None = None) -> dict[str, float]:
@@ -32,8 +32,8 @@ def run_selftest(model_dir: Path | None = None) -> dict[str, float]:
     if not name or not (model_dir / name).is_file():
         raise ModelInvalid(f"{model_dir}: this model carries no reference embeddings")
     with np.load(model_dir / name, allow_pickle=False) as ref:
-        texts = [str(t) for t in ref["texts"]]
-        text_ref, photo_inputs, photo_ref = ref["text_embeddings"], ref["photo_inputs"], ref["photo_embeddings"]
+        texts, text_ref, _photos, photo_inputs, photo_ref = (ref[key] for key in REFERENCE_KEYS)
+        texts = [str(t) for t in texts]
     with TextEncoder.create_from_model_dir(model_dir) as text, ImageEncoder.create_from_model_dir(model_dir) as image:
         text_out = np.stack([text.embed(t) for t in texts])
         # The reference is the tower's own output; recognisers are checked by their own tests.

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from device import datadir
 from device.errors import GlimpseError
 
 #: Where the daemon looks for its configuration file.
@@ -106,7 +107,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
 
 #: The settings table. Keep it sorted by topic; docs/configuration.md is made from it.
 SETTINGS: tuple[Setting, ...] = (
-    Setting("data_dir", "/var/lib/glimpse", "path",
+    Setting("data_dir", datadir.DEFAULT_DATA_DIR, "path",
             "Data directory: versioned bundles under bundles/ and the `current` link to the one served."),
     Setting("bundle", "", "path",
             "Serve this bundle directory instead of DATA_DIR/current (no link switching)."),
@@ -284,7 +285,7 @@ class Settings:
 
     def bundle_dir(self) -> Path:
         """The bundle to serve: ``bundle`` if set, else ``data_dir/current``."""
-        return Path(self.values["bundle"]) if self.values["bundle"] else Path(self.values["data_dir"]) / "current"
+        return Path(self.values["bundle"]) if self.values["bundle"] else datadir.current_link(self.values["data_dir"])
 
 
 def load(cli: dict | None = None, env: dict | None = None, config_file: Path | None = None) -> Settings:

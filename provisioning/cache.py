@@ -10,6 +10,11 @@ sha256), so a new model, or one rebuilt under the same name, re-embeds everythin
 
 ``glimpse-provision train`` keeps the frozen towers' outputs here too
 (:class:`FeatureCache`), keyed by content hash and tower identity.
+
+The database carries its schema version (``PRAGMA user_version``, as rclip's
+``DB.VERSION``); opening an older one migrates it forward in one transaction
+and keeps every row, and one from a newer Glimpse is refused rather than
+misread.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import threading
 from pathlib import Path
 
 import numpy as np
+
+from device.errors import CacheInvalid
 
 #: Photos embedded between two commits: a killed build loses at most this many.
 COMMIT_EVERY = 32
@@ -43,14 +50,39 @@ def default_cache_dir() -> Path:
     return Path(base) / "glimpse"
 
 
-def _open_db(path: Path, schema: str) -> sqlite3.Connection:
-    """Open (or create) a cache database in WAL mode with ``schema``."""
+def _open_db(path: Path) -> sqlite3.Connection:
+    """Open (or create) the cache database in WAL mode, migrated to :data:`SCHEMA_VERSION`.
+
+    Raises:
+        CacheInvalid: the database was written by a newer Glimpse.
+    """
     db = sqlite3.connect(path, check_same_thread=False)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
-    db.execute(schema)
-    db.commit()
+    try:
+        _migrate(db, path)
+    except BaseException:
+        db.close()
+        raise
     return db
+
+
+def _migrate(db: sqlite3.Connection, path: Path) -> None:
+    """Bring the database to :data:`SCHEMA_VERSION`, one step at a time, all in one transaction."""
+    db.execute("BEGIN IMMEDIATE")  # two processes opening an old cache: one migrates, the other waits
+    try:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise CacheInvalid(f"{path} is a cache of a newer Glimpse (schema {version}, this one reads up to "
+                               f"{SCHEMA_VERSION}): pass another --cache-dir, or --no-cache")
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in _MIGRATIONS[step]:
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version = {step}")
+        db.commit()
+    except BaseException:
+        db.rollback()
+        raise
 
 
 class BuildCache:
@@ -66,7 +98,7 @@ class BuildCache:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.model_id = model_id
-        self._db = _open_db(self.directory / "embeddings.sqlite", _SCHEMA)
+        self._db = _open_db(self.directory / "embeddings.sqlite")
         self._pending = 0
         self._lock = threading.Lock()
 
@@ -135,7 +167,7 @@ class HashCache:
 
     def __init__(self, directory: Path):
         Path(directory).mkdir(parents=True, exist_ok=True)
-        self._db = _open_db(Path(directory) / "embeddings.sqlite", _FILES_SCHEMA)
+        self._db = _open_db(Path(directory) / "embeddings.sqlite")
 
     def sha256(self, path: Path, hasher) -> str:
         """The file's sha256, from the cache when size and mtime are unchanged, else ``hasher(path)``.
@@ -170,6 +202,18 @@ CREATE TABLE IF NOT EXISTS features (
 """
 
 
+#: The cache database's schema version (``PRAGMA user_version``).
+SCHEMA_VERSION = 1
+#: The statements that take the database from version ``n - 1`` to ``n``; never edit
+#: a published step, add the next one.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # 0 -> 1: caches from before versioning hold whichever tables their commands
+    # made (builds: embeddings and files; training: features). Make all three and
+    # keep every row: the tables themselves did not change.
+    1: (_SCHEMA, _FILES_SCHEMA, _FEATURES_SCHEMA),
+}
+
+
 class FeatureCache:
     """What a frozen tower (or its frozen first blocks) outputs for an input, for training.
 
@@ -185,7 +229,7 @@ class FeatureCache:
 
     def __init__(self, directory: Path):
         Path(directory).mkdir(parents=True, exist_ok=True)
-        self._db = _open_db(Path(directory) / "embeddings.sqlite", _FEATURES_SCHEMA)
+        self._db = _open_db(Path(directory) / "embeddings.sqlite")
         self._pending = 0
 
     def get(self, tower: str, sha256: str) -> np.ndarray | None:

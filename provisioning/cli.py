@@ -34,8 +34,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from device.cli import CommandParser, run_command
-from device.errors import GlimpseError
+from device.datadir import DEFAULT_DATA_DIR
+from device.errors import CommandParser, GlimpseError, run_command
 from device.wording import plural
 
 
@@ -113,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     _push_options(push)
 
     fleet = commands.add_parser("fleet", help="push a bundle to every host of an Ansible inventory")
-    fleet.add_argument("--inventory", required=True, type=Path, help="Ansible inventory (see provisioning/ansible)")
+    fleet.add_argument("--inventory", required=True, type=Path, help="Ansible inventory (see provisioning/deploy/ansible)")
     fleet.add_argument("--bundle", required=True, type=Path, help="bundle directory to send")
     fleet.add_argument("--limit", help="only these hosts (Ansible pattern)")
     fleet.add_argument("--forks", type=int, default=5, help="devices pushed to at once (default 5)")
@@ -187,7 +187,7 @@ def _push_options(parser) -> None:
     ssh.add_argument("--ssh-option", action="append", default=[], metavar="NAME=VALUE",
                      help="an ssh -o option; repeat for several")
     device = parser.add_argument_group("device")
-    device.add_argument("--data-dir", default="/var/lib/glimpse", help="data directory (default /var/lib/glimpse)")
+    device.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help=f"data directory (default {DEFAULT_DATA_DIR})")
     device.add_argument("--remote-glimpse", default="/opt/glimpse/venv/bin/glimpse",
                         help="the glimpse command (default /opt/glimpse/venv/bin/glimpse)")
     device.add_argument("--daemon-port", type=int,
@@ -245,8 +245,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_build(args, images: Path) -> int:
-    from provisioning.build import BuildOptions, build
-    from provisioning.index import IndexOptions
+    from provisioning.bundles.build import BuildOptions, build
+    from provisioning.bundles.index import IndexOptions
 
     if not 0 < args.target_recall <= 1:
         raise GlimpseError("--target-recall must be above 0 and at most 1")
@@ -284,7 +284,7 @@ def _demo(args) -> int:
 
 
 def _model(args) -> int:
-    from provisioning import default_model
+    from provisioning.models import default as default_model
 
     spec = default_model.build(args.out, variant=args.variant, force=args.force)
     print(json.dumps(spec.extra["parity"]))
@@ -292,7 +292,7 @@ def _model(args) -> int:
 
 
 def _import_model(args) -> int:
-    from provisioning.clip_import import ImportOptions, import_model
+    from provisioning.models.clip.importer import ImportOptions, import_model
 
     spec = import_model(ImportOptions(source=args.source, out=args.out, arch=args.arch, variant=args.variant,
                                       model_id=args.model_id, version=args.version, licence=args.licence,
@@ -303,8 +303,8 @@ def _import_model(args) -> int:
 
 
 def _eval(args) -> int:
-    from provisioning.captions import read_captions
-    from provisioning.evaluate import evaluate
+    from provisioning.models.captions import read_captions
+    from provisioning.models.evaluate import evaluate
 
     if args.limit is not None and args.limit < 1:
         raise GlimpseError("--limit must be at least 1")
@@ -323,6 +323,7 @@ def _eval(args) -> int:
 
 def _train(args) -> int:
     from device import ownership
+    from provisioning import hostextra
 
     # Checked here too, before PyTorch loads (train.train checks again for callers of the API).
     inputs = [("the photo folder", args.images), ("the captions file", args.captions)]
@@ -331,11 +332,11 @@ def _train(args) -> int:
         ownership.check_apart(args.checkpoints, inputs, option="--checkpoints")
     if not args.no_export:
         ownership.check_replaceable(ownership.real(args.out), ["model"], args.force, "a model directory")
+    hostextra.require("train", ("torch", "litert_torch", "transformers", "safetensors"))
     try:
-        from provisioning import train
-    except ModuleNotFoundError as exc:
-        raise GlimpseError(f"train needs the host extra (PyTorch, transformers): {exc}; "
-                           "install glimpse[host] or use .venv-host") from None
+        from provisioning.models import train
+    except ModuleNotFoundError as exc:  # a host package the check above does not list
+        raise hostextra.missing("train", [exc.name]) from None
 
     options = train.TrainOptions(
         captions=args.captions, images=args.images, out=args.out, split=args.split, val_split=args.val_split,
@@ -357,7 +358,7 @@ def _train(args) -> int:
 
 
 def _wheelhouse(args) -> int:
-    from provisioning import wheelhouse
+    from provisioning.deploy import wheelhouse
 
     targets = [wheelhouse.parse_target(python, args.platform, args.glibc or wheelhouse.DEFAULT_GLIBC)
                for python in dict.fromkeys(args.python)]  # repeated versions count once
@@ -370,8 +371,9 @@ def _wheelhouse(args) -> int:
 
 
 def _push(args) -> int:
-    from provisioning import install, push
-    from provisioning.remote import Remote
+    from provisioning.deploy import install
+    from provisioning.deploy import push
+    from provisioning.deploy.remote import Remote
 
     remote = Remote(host=args.host, port=args.port, user=args.user, identity=args.identity,
                     ssh_options=tuple(args.ssh_option))
@@ -399,14 +401,14 @@ def _interrupt(signum, frame):
 
 
 def _fleet(args) -> int:
-    from provisioning import fleet
+    from provisioning.deploy import fleet
 
     return fleet.run(args.inventory, args.bundle, limit=args.limit, forks=args.forks)
 
 
 def _export_tasklib(args) -> int:
-    from provisioning import tasklib
-    from provisioning.scann_ondevice import IndexLayout
+    from provisioning.tasklib import export as tasklib
+    from provisioning.tasklib.scann_ondevice import IndexLayout
 
     if args.leaves < 0:
         raise GlimpseError("--leaves must be 0 (automatic) or more")

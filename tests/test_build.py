@@ -217,7 +217,7 @@ def test_ctrl_c_stops_cleanly_and_keeps_the_work(tmp_path):
 
 def test_a_photo_too_big_to_decode_within_the_memory_budget_is_skipped_with_the_reason(tmp_path):
     """Issue 13.1 on the host: the build decodes within the same kind of budget as the device."""
-    from provisioning.build import BuildOptions, build
+    from provisioning.bundles.build import BuildOptions, build
 
     library = tmp_path / "library"
     library.mkdir()

@@ -1,4 +1,4 @@
-"""provisioning.calibration: fitting what a strong match is, on small synthetic cases."""
+"""provisioning.models.calibration: fitting what a strong match is, on small synthetic cases."""
 
 import json
 import shutil
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from device.model import default_model_dir, read_spec
-from provisioning import calibration
+from provisioning.models import calibration
 
 
 def test_the_threshold_is_the_lowest_score_keeping_the_target_precision():

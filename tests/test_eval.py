@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from provisioning import demo
-from provisioning.captions import CaptionImageUnknown, CaptionsInvalid, read_captions
-from provisioning.evaluate import evaluate, ranks
+from provisioning.models.captions import CaptionImageUnknown, CaptionsInvalid, read_captions
+from provisioning.models.evaluate import evaluate, ranks
 from tests.conftest import run_cli
 
 #: skimage photo -> its captions: 8 photos, 16 queries, written as a person

@@ -22,7 +22,7 @@ import pytest
 
 from conftest import REPO, free_port
 from device import mdns
-from provisioning.install import InstallFailed, InstallOptions, avahi_service, check_hostname, install_script
+from provisioning.deploy.install import InstallFailed, InstallOptions, avahi_service, check_hostname, install_script
 
 pytest.importorskip("zeroconf", reason="pip install 'glimpse[lan]'")
 
@@ -238,9 +238,9 @@ def test_the_new_name_is_given_over_ssh_after_the_push(tmp_path):
     # push --install --hostname renames last, through ssh as root: here against a fake root
     # (sshd's SetEnv DESTDIR), never this machine's own name.
     from loopback_device import SSH_CLIENT_OPTIONS, Sshd
-    from provisioning.install import rename
-    from provisioning.push import PushLog
-    from provisioning.remote import Remote
+    from provisioning.deploy.install import rename
+    from provisioning.deploy.push import PushLog
+    from provisioning.deploy.remote import Remote
 
     root = tmp_path / "root"
     (root / "etc").mkdir(parents=True)

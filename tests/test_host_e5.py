@@ -150,7 +150,7 @@ def test_ridge_recovers_an_affine_map_and_round_trips(tmp_path):
 
 
 def test_projection_fitted_on_english_carries_other_languages_into_minilm(torch_tower, full_tokenizer):
-    from provisioning import default_model
+    from provisioning.models import default as default_model
     from provisioning.models.e5 import projection
 
     # Every 8th English training text (about 2000) keeps the test short; the full fit is in bench/RESULTS.md.

@@ -20,7 +20,9 @@ import pytest
 from device import images
 from device.encoders import ImageEncoder, TextEncoder
 from device.model import default_model_dir, read_spec
-from provisioning import cli, clip_import, convert
+from provisioning import cli
+from provisioning.models import clip as clip_import
+from provisioning.models import convert
 from tests.conftest import LIBRARY_PHOTOS, run_cli
 
 pytestmark = pytest.mark.host
@@ -336,15 +338,15 @@ def test_parity_below_the_floor_is_refused(capsys, sources, tmp_path, monkeypatc
 def test_end_of_text_is_found_by_the_mask_whatever_the_pad_id(imported, loaded, name):
     # A causal CLIP text tower's end-of-text feature cannot depend on what follows it:
     # padded with 0 (open_clip) or with end-of-text (HF), the converted tower agrees.
-    from provisioning import default_model
+    from provisioning.models import modeldir
 
     model = imported(name, "float32")
     ids, mask = loaded(name).source_tokenize(["a dog on a beach", "Two DOGS playing in the snow!"])
     runs = []
     for pad in (0, 49407, 320):
         padded = np.where(mask == 1, ids, pad).astype(np.int32)
-        runs.append(default_model.run_tflite(model / read_spec(model).text.file,
-                                             [(i[None], m[None].astype(np.int32)) for i, m in zip(padded, mask)]))
+        runs.append(modeldir.run_tflite(model / read_spec(model).text.file,
+                                        [(i[None], m[None].astype(np.int32)) for i, m in zip(padded, mask)]))
     assert convert.cosine_rows(runs[0], runs[1]).min() >= 0.99999
     assert convert.cosine_rows(runs[0], runs[2]).min() >= 0.99999
     assert convert.cosine_rows(runs[0][:1], runs[0][1:])[0] < 0.999  # and the two texts differ

@@ -25,8 +25,9 @@ from device.bundle import MANIFEST, Bundle
 from device.errors import GlimpseError, ModelUnsupported
 from device.model import sha256_file
 from device.search import Searcher
-from provisioning import tasklib, tflite_metadata
-from provisioning.scann_ondevice import IndexLayout, build_index, hash_levels
+from provisioning.tasklib import export as tasklib
+from provisioning.tasklib import tflite_metadata
+from provisioning.tasklib.scann_ondevice import IndexLayout, build_index, hash_levels
 
 pytestmark = pytest.mark.host
 

@@ -33,7 +33,10 @@ from device import images  # noqa: E402
 from device.encoders import ImageEncoder, TextEncoder  # noqa: E402
 from device.model import read_spec  # noqa: E402
 from device.search import Searcher  # noqa: E402
-from provisioning import convert, default_model, demo, train  # noqa: E402
+from provisioning import demo  # noqa: E402
+from provisioning.models import convert  # noqa: E402
+from provisioning.models import default as default_model  # noqa: E402
+from provisioning.models import train  # noqa: E402
 
 EPOCHS = 12
 

@@ -23,9 +23,9 @@ import pytest
 
 from conftest import REPO
 from loopback_device import SSH_CLIENT_OPTIONS, Sshd
-from provisioning.install import InstallFailed, InstallOptions, install, install_script, unit_text
-from provisioning.push import PushLog, PushOptions
-from provisioning.remote import Remote
+from provisioning.deploy.install import InstallFailed, InstallOptions, install, install_script, unit_text
+from provisioning.deploy.push import PushLog, PushOptions
+from provisioning.deploy.remote import Remote
 
 WHEELHOUSE = "/var/tmp/glimpse-install/wheelhouse"
 

@@ -16,7 +16,7 @@ from device.errors import BundleInvalid
 from device.index import (AUTO_EXACT_MAX_ITEMS, ExactIndex, PartitionedIndex, PartitionedParams, choose_kind,
                           open_index)
 from device.search import Searcher
-from provisioning.index import IndexOptions, build_index
+from provisioning.bundles.index import IndexOptions, build_index
 
 # 128 dimensions in 16 sub-quantizers: the production ratio (8 dimensions per
 # code) at a third of the training time of 384.

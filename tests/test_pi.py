@@ -29,7 +29,7 @@ import emulated_pi
 from conftest import REPO, run_cli
 from device.encoders import ImageEncoder
 from device.search import Searcher
-from provisioning.wheelhouse import REQUIREMENT, parse_target, read_manifest
+from provisioning.deploy.wheelhouse import REQUIREMENT, parse_target, read_manifest
 
 pytestmark = pytest.mark.pi
 

@@ -24,9 +24,9 @@ import pytest
 
 from conftest import REPO, run_cli
 from loopback_device import GLIMPSE, SSH_CLIENT_OPTIONS, DeviceRoot, Sshd, bundle_id, make_variant
-from provisioning.push import PushLog, PushOptions
-from provisioning.push import push as push_bundle
-from provisioning.remote import Remote
+from provisioning.deploy.push import PushLog, PushOptions
+from provisioning.deploy.push import push as push_bundle
+from provisioning.deploy.remote import Remote
 from test_daemon import _free_port
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from provisioning import cli
-from provisioning.wheelhouse import (
+from provisioning.deploy.wheelhouse import (
     Target, TargetInvalid, WheelhouseFailed, build, check_pip, download_command, parse_target,
     resolve_command, wheels_from_report,
 )

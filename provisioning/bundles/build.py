@@ -14,7 +14,6 @@ import multiprocessing
 import os
 import shutil
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -23,24 +22,15 @@ import numpy as np
 from device import bundle as bundle_format
 from device import images, ownership
 from device.encoders import EncoderOptions, ImageEncoder
-from device.errors import GlimpseError, ImageUnreadable
+from device.errors import BuildFailed, BuildInterrupted, ImageUnreadable
 from device.model import SPEC_NAME, default_model_dir, read_spec, sha256_file
 from device.index import choose_kind
 from device.wording import plural
 from provisioning.cache import BuildCache, HashCache, default_cache_dir
-from provisioning.index import IndexOptions, build_index, text_queries
+from provisioning.progress import Progress
+from provisioning.bundles.index import IndexOptions, build_index, text_queries
 
 THUMB_FORMATS = {"jpeg": ("JPEG", ".jpg"), "webp": ("WEBP", ".webp")}
-
-
-class BuildFailed(GlimpseError, RuntimeError):
-    """The build could not produce a bundle (no photos, output in the way...)."""
-
-
-class BuildInterrupted(GlimpseError, RuntimeError):
-    """Ctrl-C during a build; the cache keeps what was done."""
-
-    exit_status = 130
 
 
 @dataclasses.dataclass
@@ -138,37 +128,6 @@ def walk(root: Path) -> tuple[list[Path], list[Path]]:
             path = Path(dirpath) / name
             (photos if path.suffix.lower() in images.PHOTO_SUFFIXES else others).append(path)
     return photos, others
-
-
-class Progress:
-    """One self-overwriting stderr line: count, rate, ETA (rate of the work done now).
-
-    Args:
-        total: how many units the whole job has.
-        enabled: print at all.
-        already: units done before this run (from a cache, a checkpoint).
-        label: what is counted, e.g. ``embedding photos``.
-        already_from: where the ``already`` units came from, e.g. ``the cache``.
-    """
-
-    def __init__(self, total: int, enabled: bool, already: int = 0, label: str = "embedding photos",
-                 already_from: str = "the cache"):
-        self.total, self.enabled, self.already, self.label = total, enabled, already, label
-        self.already_from = already_from
-        self.start, self.last = time.monotonic(), 0.0
-
-    def update(self, done: int, final: bool = False, note: str = "") -> None:
-        """Show ``done`` of ``total`` (at most 5 times a second unless ``final``), with ``note`` after it."""
-        now = time.monotonic()
-        if not self.enabled or (not final and now - self.last < 0.2):
-            return
-        self.last = now
-        rate = (done - self.already) / max(now - self.start, 1e-9)
-        eta = f"ETA {(self.total - done) / rate:.0f}s" if rate > 0 and done < self.total else "done"
-        cached = f", {self.already} from {self.already_from}" if self.already else ""
-        note = f": {note}" if note else ""
-        print(f"\r{self.label}: {done}/{self.total}{note} ({rate:.1f}/s{cached}, {eta})   ",
-              end="\n" if final else "", file=sys.stderr, flush=True)
 
 
 def build(options: BuildOptions) -> dict:

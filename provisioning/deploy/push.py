@@ -1,6 +1,6 @@
 """``glimpse-provision push HOST``: put a bundle on a device, switch to it, or roll back.
 
-The device's data directory (see :mod:`device.daemon`)::
+The device's data directory (see :mod:`device.datadir`)::
 
     DATA_DIR/current -> bundles/<id>      the bundle the daemon serves
     DATA_DIR/bundles/<id>/                complete, verified bundles
@@ -51,10 +51,10 @@ from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from device.bundle import Bundle
-from device.daemon import BUNDLES_DIR, CURRENT_LINK, INCOMING_DIR
-from device.errors import GlimpseError
+from device.datadir import BUNDLES_DIR, CURRENT_LINK, DEFAULT_DATA_DIR, INCOMING_DIR
+from device.errors import DiskFull, GlimpseError, PushFailed
 from device.wording import plural
-from provisioning.remote import DeviceUnreachable, Remote, last_line, shell
+from provisioning.deploy.remote import DeviceUnreachable, Remote, last_line, shell
 
 #: Where rsync keeps a file cut off mid-transfer, inside the incoming bundle.
 PARTIAL_DIR = ".rsync-partial"
@@ -66,14 +66,6 @@ SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 #: How long ``glimpse verify`` and ``glimpse reload`` may take on a Pi's SD card
 #: (both read every byte of the bundle).
 VERIFY_TIMEOUT = 1800
-
-
-class PushFailed(GlimpseError, RuntimeError):
-    """A push step failed; the message names the step and what the rollback left serving."""
-
-
-class DiskFull(PushFailed):
-    """The device's data directory ran out of space during the transfer."""
 
 
 @dataclasses.dataclass
@@ -98,7 +90,7 @@ class PushOptions:
 
     remote: Remote
     bundle: Path
-    data_dir: str = "/var/lib/glimpse"
+    data_dir: str = DEFAULT_DATA_DIR
     remote_glimpse: str = "/opt/glimpse/venv/bin/glimpse"
     daemon_port: int | None = None
     keep: int = 3

@@ -37,7 +37,7 @@ from packaging.tags import Tag, compatible_tags, cpython_tags
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 
 from device import ownership
-from device.errors import GlimpseError
+from device.errors import TargetInvalid, WheelhouseFailed
 from device.model import sha256_file
 
 MANIFEST = "wheelhouse.json"
@@ -61,14 +61,6 @@ MIN_PYTHON = (3, 11)
 #: ``--python-version``, when installing for another target (so a 3.13 target
 #: fails from a 3.11 host).
 MIN_PIP = (24, 2)
-
-
-class TargetInvalid(GlimpseError, ValueError):
-    """A wheelhouse target (platform, Python version, glibc) is not one Glimpse supports."""
-
-
-class WheelhouseFailed(GlimpseError, RuntimeError):
-    """pip could not build, download or resolve the wheelhouse (network, missing wheel...)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,7 +169,7 @@ def source_tree() -> Path:
     Raises:
         WheelhouseFailed: Glimpse runs from an installed wheel, not a source tree.
     """
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # provisioning/deploy/wheelhouse.py
     if not (root / "setup.cfg").is_file() or not (root / "device").is_dir():
         raise WheelhouseFailed(f"{root} is not a Glimpse source tree; pass --source DIR")
     return root

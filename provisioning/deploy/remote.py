@@ -17,7 +17,7 @@ import tempfile
 from pathlib import PurePosixPath
 from typing import Iterator
 
-from device.errors import GlimpseError
+from device.errors import DeviceUnreachable, ToolMissing
 
 #: Defaults added before the user's own ``-o`` options (ssh keeps the first value
 #: of an option, so theirs must come first to win; see :meth:`Remote.ssh_args`).
@@ -28,14 +28,6 @@ _SSH_DEFAULTS = ("BatchMode=yes", "ConnectTimeout=15", "ServerAliveInterval=15",
 #: ssh's ``%C`` is 40 hex digits.
 _SOCKET_PATH_MAX = 107
 _CONTROL_NAME = 40
-
-
-class DeviceUnreachable(GlimpseError, ConnectionError):
-    """ssh cannot log in to the device (host down, wrong port, key refused...)."""
-
-
-class ToolMissing(GlimpseError, FileNotFoundError):
-    """``ssh`` or ``rsync`` is not installed on this host."""
 
 
 @dataclasses.dataclass(frozen=True)

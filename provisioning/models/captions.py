@@ -23,15 +23,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from device.errors import GlimpseError
-
-
-class CaptionsInvalid(GlimpseError, ValueError):
-    """A captions file cannot be read: unknown form, bad JSON/CSV, missing keys."""
-
-
-class CaptionImageUnknown(CaptionsInvalid):
-    """A COCO annotation names an ``image_id`` that ``images`` does not list."""
+from device.errors import CaptionImageUnknown, CaptionsInvalid
 
 
 @dataclasses.dataclass

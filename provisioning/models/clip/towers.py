@@ -5,7 +5,7 @@
 * Image: float32 RGB 0..255, NHWC, in; the model's own mean/std applied inside
   the graph; the L2-normalised projected feature out.
 
-Used by :mod:`provisioning.clip_import`; needs PyTorch (the host extra).
+Used by :mod:`provisioning.models.clip.importer`; needs PyTorch (the host extra).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import numpy as np
 from device.encoders import ImageEncoder, TextEncoder
 from device.errors import ImageUnreadable
 from device.model import default_model_dir
-from provisioning.captions import CaptionSet, CaptionsInvalid
+from provisioning.models.captions import CaptionSet, CaptionsInvalid
 
 #: The cut-offs reported, as in the CLIP and dual-encoder literature.
 RECALL_AT = (1, 5, 10)
@@ -84,7 +84,7 @@ def evaluate(captions: CaptionSet, model_dir: Path | None = None, num_threads: i
     """Measure text-to-image Recall@1/5/10 and the median rank of a model.
 
     Args:
-        captions: the data set (see :func:`provisioning.captions.read_captions`).
+        captions: the data set (see :func:`provisioning.models.captions.read_captions`).
         model_dir: a Glimpse model directory; default: the committed glimpse-default.
         num_threads: interpreter threads per tower.
 

@@ -18,7 +18,7 @@ user. This module fits, on the *tuning* half of the evaluation set
   all pairs of different photos of the set: a strong match is closer than that
   share of unrelated pairs (:func:`background_threshold`).
 
-The model build (``provisioning.default_model``) and ``python -m bench.calibrate
+The model build (``provisioning.models.default``) and ``python -m bench.calibrate
 --model DIR --write`` call :func:`calibrate` then :func:`write_calibration`;
 ``device.model.Relevance`` reads the result.
 """

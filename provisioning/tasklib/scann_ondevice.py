@@ -1,7 +1,7 @@
 """A ScaNN on-device index, as the TFLite Task Library's searchers read it.
 
 tflite-support's ``scann_ondevice`` stores an index as one LevelDB table
-(:mod:`provisioning.sstable`) with these keys:
+(:mod:`provisioning.tasklib.sstable`) with these keys:
 
 * ``INDEX_CONFIG``: an ``IndexConfig`` protobuf (``scann_ondevice/proto/index_config.proto``):
   the ``ScannOnDeviceConfig`` (distance, partitioner), the embedding type and
@@ -39,7 +39,7 @@ import math
 
 import numpy as np
 
-from provisioning.sstable import write_table
+from provisioning.tasklib.sstable import write_table
 
 LAYOUTS = ("exact", "partitioned")
 

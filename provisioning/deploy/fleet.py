@@ -2,7 +2,7 @@
 
 Ansible (ansible-core) does the fleet part: the inventory, running several
 devices at once, per-host reports and carrying on past a failing host. Each
-device gets a ``glimpse-provision push`` (see :mod:`provisioning.push`), run on
+device gets a ``glimpse-provision push`` (see :mod:`provisioning.deploy.push`), run on
 this host by ``ansible/push.yml``; this module only finds and runs the playbook.
 """
 
@@ -15,14 +15,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from device.errors import GlimpseError
+from device.errors import FleetFailed
 
 #: The playbook, shipped with the package.
 PLAYBOOK = Path(__file__).resolve().parent / "ansible" / "push.yml"
-
-
-class FleetFailed(GlimpseError, RuntimeError):
-    """ansible-playbook is missing, or at least one device was not updated."""
 
 
 def ansible_playbook() -> str:

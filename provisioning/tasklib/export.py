@@ -8,11 +8,11 @@ Glimpse code on the other side:
   Library's BERT path feeds: ``ids``, ``mask`` and ``segment_ids`` (int32,
   1 x max_tokens; the segment ids go to BERT's token type embedding), and one
   output, the unit-length embedding;
-* TFLite metadata (:mod:`provisioning.tflite_metadata`): model info, tensor
+* TFLite metadata (:mod:`provisioning.tasklib.tflite_metadata`): model info, tensor
   metadata naming the inputs as ``bert_utils`` looks them up, a BertTokenizer
   input process unit with the WordPiece vocabulary, and on the output tensor
   the index as a ``SCANN_INDEX_FILE``;
-* the ScaNN on-device index (:mod:`provisioning.scann_ondevice`) over the
+* the ScaNN on-device index (:mod:`provisioning.tasklib.scann_ondevice`) over the
   bundle's photo embeddings, one metadata string per photo: its relative path.
 
 Only a BERT WordPiece text tower can be fed by the Task Library's
@@ -35,8 +35,9 @@ from device import ownership
 from device.bundle import Bundle
 from device.errors import GlimpseError, ModelUnsupported
 from device.wording import plural
-from provisioning import tflite_metadata
-from provisioning.scann_ondevice import IndexLayout, build_index
+from provisioning import hostextra
+from provisioning.tasklib import tflite_metadata
+from provisioning.tasklib.scann_ondevice import IndexLayout, build_index
 
 VOCAB_FILE = "vocab.txt"
 INDEX_FILE = "index.ldb"
@@ -72,30 +73,18 @@ class ExportOptions:
     force: bool = False
 
 
-#: What the export imports (the host extra): module name to the package that provides it.
-HOST_MODULES = {"torch": "torch", "litert_torch": "litert-torch", "transformers": "transformers",
-                "ai_edge_litert": "ai-edge-litert", "flatbuffers": "flatbuffers",
-                "google_crc32c": "google-crc32c", "google.protobuf": "protobuf"}
+#: What the export imports from the host extra (see :mod:`provisioning.hostextra`).
+HOST_MODULES = ("torch", "litert_torch", "transformers", "ai_edge_litert", "flatbuffers", "google_crc32c",
+                "google.protobuf")
 
 
 def require_host_packages() -> None:
     """Check that the host extra is installed, before any work is done.
 
     Raises:
-        GlimpseError: naming the missing packages and how to install them.
+        HostToolsMissing: naming the missing packages and how to install them.
     """
-    import importlib.util
-
-    def missing(module):
-        try:
-            return importlib.util.find_spec(module) is None
-        except ModuleNotFoundError:  # a dotted name whose parent is absent
-            return True
-
-    absent = [package for module, package in HOST_MODULES.items() if missing(module)]
-    if absent:
-        raise GlimpseError(f"export-tasklib needs the host extra (missing: {', '.join(absent)}): "
-                           f"pip install 'glimpse[host]'")
+    hostextra.require("export-tasklib", HOST_MODULES)
 
 
 def torch_text_tower(spec, model_dir: Path):
@@ -107,12 +96,12 @@ def torch_text_tower(spec, model_dir: Path):
     Raises:
         ModelUnsupported: any other model.
     """
-    from provisioning import default_model
+    from provisioning.models import default as default_model
 
     if spec.id == default_model.MODEL_ID:
         return default_model.load_text_tower(), None
     if "text_weights" in spec.extra:
-        from provisioning import train
+        from provisioning.models import train
 
         tower = train.load_text_export(model_dir, spec)
         return tower.tower, tower.head
@@ -191,7 +180,7 @@ def export_tower(spec, model_dir: Path, variant: str, path: Path) -> Path:
     tower, head = torch_text_tower(spec, model_dir)
     import torch
 
-    from provisioning.convert import export_tflite
+    from provisioning.models.convert import export_tflite
 
     # Three distinct tensors: the exporter treats one tensor passed thrice as one
     # input, and the graph would feed the segment ids to all three.
@@ -203,7 +192,7 @@ def tower_parity(searcher_tower: Path, bundle: Bundle, texts: list[str]) -> floa
     """Least cosine, over ``texts``, between the exported tower and the bundle's own."""
     from device.encoders import TextEncoder
     from device.runtime import load_interpreter
-    from provisioning.convert import cosine_rows
+    from provisioning.models.convert import cosine_rows
 
     interpreter = load_interpreter(searcher_tower)
     # ids, mask, segment ids: the order they were exported in (args_0, args_1, args_2).
@@ -277,7 +266,7 @@ def export(options: ExportOptions, log=print) -> dict:
         GlimpseError: the host extra is missing.
         OutputRefused: see :func:`check_output`.
     """
-    from provisioning.default_model import REFERENCE_TEXTS
+    from provisioning.models.modeldir import REFERENCE_TEXTS
 
     check_output(options)
     require_host_packages()

@@ -1,0 +1,1 @@
+"""Bundles: walk a photo library, embed it with the image tower, write the bundle and its index."""

@@ -1,0 +1,1 @@
+"""Deploy: the wheelhouse, push over ssh, install on the device, a fleet by Ansible."""

@@ -1,0 +1,1 @@
+"""``glimpse-provision export-tasklib``: a bundle as one TFLite Task Library searcher file."""
