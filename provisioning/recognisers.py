@@ -99,7 +99,7 @@ def build_default_v2(source: Path, out: Path, version: str = "2.0.0", calibrate:
     ``out`` must not exist (nothing is replaced). The relevance thresholds of 1.1.0
     are dropped: they were fitted on unfused vectors. With ``calibrate`` they are
     fitted again, on the fused vectors, on the evaluation set's tuning half
-    (``provisioning.calibration``; needs ``make eval-deps``).
+    (``provisioning.models.calibration``; needs ``make eval-deps``).
 
     Raises:
         FileExistsError: ``out`` exists.
@@ -118,7 +118,7 @@ def build_default_v2(source: Path, out: Path, version: str = "2.0.0", calibrate:
     if card.is_file():
         card.write_text(card_section(read_spec(out), card.read_text(encoding="utf-8")), encoding="utf-8")
     if calibrate:
-        from provisioning import calibration
+        from provisioning.models import calibration
 
         path = calibration.write_calibration(out, calibration.calibrate(out))
     return path
