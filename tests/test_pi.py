@@ -29,7 +29,7 @@ import emulated_pi
 from conftest import REPO, run_cli
 from device.encoders import ImageEncoder
 from device.search import Searcher
-from provisioning.deploy.wheelhouse import REQUIREMENT, parse_target, read_manifest
+from provisioning.deploy.wheelhouse import MARKER, MANIFEST_FORMAT, REQUIREMENT, parse_target, read_manifest
 
 pytestmark = pytest.mark.pi
 
@@ -77,7 +77,9 @@ def wheelhouse(tmp_path_factory) -> Path:
     """A wheelhouse for both Pi OS Pythons, made with the real command line."""
     out = tmp_path_factory.mktemp("wheelhouse") / "wheels"
     out.mkdir()
-    # An old release left by an earlier run: refreshing in place must drop it.
+    # An old release left by an earlier run (which marked the directory as its own):
+    # refreshing in place must drop it.
+    (out / MARKER).write_text(json.dumps({"format": MANIFEST_FORMAT}) + "\n", encoding="utf-8")
     (out / STALE_WHEEL).write_bytes(b"an older waitress")
     proc = run_cli("provisioning", "wheelhouse", "--platform", "linux_aarch64", "--python", "3.11",
                    "--python", "3.13", "--out", str(out), check=False, timeout=1800)
