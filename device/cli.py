@@ -25,7 +25,8 @@ import json
 from pathlib import Path
 
 from device import settings
-from device.errors import CommandParser, GlimpseError, run_command
+from device.commandline import CommandParser, run_command
+from device.errors import GlimpseError
 from device.wording import plural
 
 

@@ -35,7 +35,8 @@ import tempfile
 from pathlib import Path
 
 from device.datadir import DEFAULT_DATA_DIR
-from device.errors import CommandParser, GlimpseError, run_command
+from device.commandline import CommandParser, run_command
+from device.errors import GlimpseError
 from device.wording import plural
 
 
