@@ -30,7 +30,6 @@ import re
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -61,6 +60,28 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _confine(limit_mib: float) -> Path | None:
+    """A memory cgroup of its own capped at ``limit_mib`` (as the unit's MemoryMax caps the
+    service), so the daemon runs under the same limit and derives its decode budget from
+    it as it does under systemd; ``None`` where no memory cgroup can be made (not root)."""
+    for root, limit_file in ((Path("/sys/fs/cgroup"), "memory.max"),
+                             (Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes")):
+        group = root / f"glimpse-soak-{os.getpid()}"
+        try:
+            group.mkdir()
+        except OSError:
+            continue
+        if not (group / "cgroup.procs").exists():  # a plain folder: no cgroup file system here
+            group.rmdir()
+            continue
+        try:
+            (group / limit_file).write_text(str(int(limit_mib * 2**20)))
+            return group
+        except OSError:
+            group.rmdir()
+    return None
 
 
 def _memory_max_mib() -> float | None:
@@ -97,8 +118,8 @@ class Tally:
 class Daemon:
     """``glimpse serve`` on one port, restartable, its peak RSS watched."""
 
-    def __init__(self, data: Path, port: int, log: Path, tally: Tally):
-        self.data, self.port, self.log, self.tally = data, port, log, tally
+    def __init__(self, data: Path, port: int, log: Path, tally: Tally, cgroup: Path | None = None):
+        self.data, self.port, self.log, self.tally, self.cgroup = data, port, log, tally, cgroup
         self.proc: subprocess.Popen | None = None
         self.lock = threading.Lock()
 
@@ -108,13 +129,17 @@ class Daemon:
                 [sys.executable, "-m", "device", "serve", "--data-dir", str(self.data), "--ingest", "on",
                  "--port", str(self.port), "--log-level", "warning"],
                 cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True,
-                env=dict(os.environ, GLIMPSE_CONFIG="/nonexistent"))
+                env=dict(os.environ, GLIMPSE_CONFIG="/nonexistent"), preexec_fn=self._enter_cgroup)
         line = proc.stdout.readline()  # printed once the bundle is loaded and the socket bound
         if "Glimpse is serving" not in line:
             proc.kill()
             raise SystemExit(f"the daemon did not start: {line!r}; see {self.log}")
         with self.lock:
             self.proc = proc
+
+    def _enter_cgroup(self) -> None:
+        if self.cgroup is not None:  # in the child, before exec: the daemon starts inside the limit
+            (self.cgroup / "cgroup.procs").write_text(str(os.getpid()))
 
     def pid(self) -> int | None:
         with self.lock:
@@ -245,6 +270,8 @@ def main(argv=None) -> int:
     parser.add_argument("--slow", type=int, default=4, help="slowloris sockets")
     parser.add_argument("--kills", type=int, default=3, help="kill -9 + restart cycles")
     parser.add_argument("--bomb-mp", type=int, default=100, help="megapixels of the PNG bombs (limit 120)")
+    parser.add_argument("--unconfined", action="store_true",
+                        help="do not run the daemon in a memory cgroup capped at the unit's MemoryMax")
     parser.add_argument("--drain-seconds", type=float, default=300, help="longest wait for the ingest queue")
     args = parser.parse_args(argv)
     if args.kills and args.seconds / (args.kills + 1) <= SEARCH_TIMEOUT:
@@ -264,7 +291,9 @@ def main(argv=None) -> int:
     tally = Tally()
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    daemon = Daemon(data, port, work / "daemon.log", tally)
+    memory_max = _memory_max_mib()
+    cgroup = _confine(memory_max) if memory_max and not args.unconfined else None
+    daemon = Daemon(data, port, work / "daemon.log", tally, cgroup)
     daemon.start()
     started = time.monotonic()
     deadline = started + args.seconds
@@ -313,10 +342,13 @@ def main(argv=None) -> int:
             except OSError as exc:
                 tally.call("upload", t0, _classify_failure(exc), repr(exc))
                 continue
-            outcome = _outcome(status, {202, 503})
+            # A request whose every file is refused is a 400 (or 503 when the queue is full),
+            # each file with its reason: what a hostile file alone must get.
+            outcome = _outcome(status, {202, 503} if kind.startswith("good") else {202, 400, 503})
             tally.call("upload", t0, outcome, f"{status} {answer[:120]!r}")
-            if status == 202:
-                for result in json.loads(answer):
+            if status in (202, 400):
+                body = json.loads(answer)
+                for result in body if status == 202 else body.get("results", []):
                     with tally.lock:
                         key = f"{kind}: {result['status']}"
                         tally.uploads[key] = tally.uploads.get(key, 0) + 1
@@ -401,6 +433,11 @@ def main(argv=None) -> int:
     exit_code = daemon.stop()
     log = (work / "daemon.log").read_text(encoding="utf-8", errors="replace")
     shutil.rmtree(work, ignore_errors=True)
+    if cgroup is not None:
+        try:
+            cgroup.rmdir()  # empty once the daemon has exited
+        except OSError as exc:
+            print(f"could not remove the soak's memory cgroup {cgroup}: {exc}", file=sys.stderr)
 
     # --- the table ---
     def count(kind=None, outcomes=None, excused=None) -> int:
@@ -422,7 +459,6 @@ def main(argv=None) -> int:
     latencies = sorted(tally.search_ms)
     pct = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else float("nan")  # noqa: E731
     good_acked = sum(1 for kind in tally.acknowledged.values() if kind.startswith("good"))
-    memory_max = _memory_max_mib()
     print(f"soak: {args.seconds:g} s, {args.clients} search clients, {args.slow} slow sockets, "
           f"{args.kills} kill -9 cycles, bombs {args.bomb_mp} MP; daemon exit after SIGTERM: {exit_code}")
     print("| what | figure |")
@@ -440,7 +476,9 @@ def main(argv=None) -> int:
         ("lost photos (acknowledged good, not served after the drain)", len(lost)),
         ("ingest queue drained", f"{drained} ({queue})"),
         ("peak RSS of the daemon (VmHWM, MiB)",
-         f"{tally.peak_rss_kib / 1024:.0f}" + (f" (unit MemoryMax {memory_max:.0f})" if memory_max else "")),
+         f"{tally.peak_rss_kib / 1024:.0f}" + (f" (unit MemoryMax {memory_max:.0f}, "
+                                               + ("enforced by a memory cgroup)" if cgroup else "not enforced)")
+                                               if memory_max else "")),
         ("searches answered 200", len(latencies)),
         ("kill -9 windows (s, killed to ready again)", ", ".join(f"{end - start:.1f}" for start, end in tally.windows)),
         ("search latency p50 / p99 (ms)", f"{pct(0.5):.1f} / {pct(0.99):.1f}"),
