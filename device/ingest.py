@@ -30,7 +30,7 @@ import numpy as np
 
 from device import images
 from device.bundle import Item, embedding_problem, item_id
-from device.errors import GlimpseError, ImageUnreadable, ItemNotFound
+from device.errors import ImageUnreadable, IngestBusy, IngestDiskFull, IngestRefused, IngestStoreInvalid, ItemNotFound
 
 log = logging.getLogger("glimpse.ingest")
 
@@ -67,21 +67,6 @@ CREATE TABLE {name} (
     attempts  INTEGER NOT NULL DEFAULT 0  -- times the worker started on it (counted before it starts)
 )
 """
-
-class IngestRefused(GlimpseError, ValueError):
-    """An upload is not accepted (too large, not a photo, queue full...)."""
-
-
-class IngestBusy(IngestRefused):
-    """The ingest queue is full; try again later."""
-
-
-class IngestDiskFull(IngestRefused):
-    """The data directory's disk is full: nothing more can be stored until space is freed."""
-
-
-class IngestStoreInvalid(GlimpseError, RuntimeError):
-    """The ingest database was written by a newer Glimpse (a schema this one does not know)."""
 
 
 def is_disk_full(exc: BaseException) -> bool:
