@@ -36,7 +36,7 @@ import tempfile
 from pathlib import Path, PurePosixPath
 
 from device.admin import TOKEN_FILE
-from device.errors import GlimpseError
+from device.errors import BackupInvalid, GlimpseError, RestoreRefused
 from device.ingest import ADDED_DIR, DATABASE
 
 MANIFEST = "glimpse-backup.json"
@@ -48,14 +48,6 @@ MARKER = ".glimpse-data"
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _CHUNK = 1024 * 1024
-
-
-class BackupInvalid(GlimpseError, ValueError):
-    """An archive is not a whole, unaltered Glimpse backup, or holds a member that may not be extracted."""
-
-
-class RestoreRefused(GlimpseError, ValueError):
-    """A restore would replace what is not Glimpse's, or cannot be done now."""
 
 
 @dataclasses.dataclass(frozen=True)

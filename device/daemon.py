@@ -41,7 +41,8 @@ from device.systemd import Notifier
 from device.wording import plural
 
 if typing.TYPE_CHECKING:
-    from device.ingest import DeltaLayer, FolderWatcher, IngestStore, Ingestor
+    from device.delta import DeltaLayer
+    from device.ingest import FolderWatcher, IngestStore, Ingestor
 
 log = logging.getLogger("glimpse")
 
@@ -336,7 +337,8 @@ class Daemon:
             Whether ingest is on. When it cannot start (a read-only data
             directory...), the daemon serves without it and logs why.
         """
-        from device.ingest import DeltaLayer, FolderWatcher, IngestStore, Ingestor
+        from device.delta import DeltaLayer
+        from device.ingest import FolderWatcher, IngestStore, Ingestor
 
         mode = self.settings.ingest
         if mode == "off" or (mode == "auto" and self.settings.bundle):

@@ -2,7 +2,9 @@
 
 Every error a user can cause derives from :class:`GlimpseError`, and also from
 the matching built-in, so callers may catch either. How the command lines turn
-them into one line each is :mod:`device.commandline`'s.
+them into one line each is :mod:`device.commandline`'s. Related errors share an
+intermediate base (as gpiozero's ``exc.py``): catch :class:`IngestError`,
+:class:`BackupError`, :class:`ConfigError` or a host stage's base to handle them all.
 """
 
 
@@ -60,7 +62,19 @@ class RuntimeMissing(GlimpseError, ImportError):
     """No TFLite interpreter (ai-edge-litert or tflite-runtime) is installed."""
 
 
-class HardwareInvalid(GlimpseError, ValueError):
+class ConfigError(GlimpseError):
+    """Base of settings that cannot be used as written (configuration file, environment, flags)."""
+
+
+class SettingInvalid(ConfigError, ValueError):
+    """A setting has a value of the wrong type or out of range."""
+
+
+class BridgeInvalid(ConfigError, ValueError):
+    """An MQTT setting cannot be used (a node id with characters topics cannot hold)."""
+
+
+class HardwareInvalid(ConfigError, ValueError):
     """A front-panel setting (pin, display, command) cannot be used as written."""
 
 
@@ -78,6 +92,38 @@ class BundleUnreadable(BundleInvalid):
 
 class CameraUnavailable(GlimpseError, RuntimeError):
     """No camera is configured or found, or it could not take a photo."""
+
+
+class IngestError(GlimpseError):
+    """Base of what stops a photo being added on the device."""
+
+
+class IngestRefused(IngestError, ValueError):
+    """An upload is not accepted (too large, not a photo, queue full...)."""
+
+
+class IngestBusy(IngestRefused):
+    """The ingest queue is full; try again later."""
+
+
+class IngestDiskFull(IngestRefused):
+    """The data directory's disk is full: nothing more can be stored until space is freed."""
+
+
+class IngestStoreInvalid(IngestError, RuntimeError):
+    """The ingest database was written by a newer Glimpse (a schema this one does not know)."""
+
+
+class BackupError(GlimpseError):
+    """Base of what stops a backup or a restore of the data directory."""
+
+
+class BackupInvalid(BackupError, ValueError):
+    """An archive is not a whole, unaltered Glimpse backup, or holds a member that may not be extracted."""
+
+
+class RestoreRefused(BackupError, ValueError):
+    """A restore would replace what is not Glimpse's, or cannot be done now."""
 
 
 # ---------------------------------------------------------------------------
@@ -133,6 +179,10 @@ class ArchitectureUnknown(ModelBuildError, ValueError):
 
 class ParityFailed(ModelBuildError, RuntimeError):
     """The converted towers or tokenizer do not reproduce the source model."""
+
+
+class CalibrationFailed(ModelBuildError, ValueError):
+    """The tuning data cannot give a threshold (no relevant pairs, or the target is never reached)."""
 
 
 class TrainInvalid(ModelBuildError, ValueError):

@@ -28,7 +28,7 @@ import threading
 import time
 from collections import deque
 
-from device.errors import GlimpseError
+from device.errors import BridgeInvalid, GlimpseError
 from device.wording import plural
 
 log = logging.getLogger("glimpse.home_assistant")
@@ -39,10 +39,6 @@ ONLINE, OFFLINE = "online", "offline"
 PRESS = "PRESS"
 #: Home Assistant's text entities hold at most 255 characters.
 TEXT_MAX = 255
-
-
-class BridgeInvalid(GlimpseError, ValueError):
-    """An MQTT setting cannot be used (a node id with characters topics cannot hold)."""
 
 
 @dataclasses.dataclass(frozen=True)

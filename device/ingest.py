@@ -2,8 +2,8 @@
 
 Three ways in (the web UI's upload, a watched folder, ``glimpse ingest``) end in
 :meth:`IngestStore.add`, and one background :class:`Ingestor` embeds them with
-the image tower while the daemon keeps answering queries. Added photos form a
-*delta layer* (:class:`DeltaLayer`) searched together with the bundle.
+the image tower while the daemon keeps answering queries. The ready photos form
+the *delta layer* (:class:`device.delta.DeltaLayer`) searched together with the bundle.
 
 Durability: an uploaded photo is written to ``DATA_DIR/added/files`` and
 fsync'ed, and its row is committed to SQLite (WAL, ``synchronous=FULL``)
@@ -30,7 +30,7 @@ import numpy as np
 
 from device import images
 from device.bundle import Item, embedding_problem, item_id
-from device.errors import GlimpseError, ImageUnreadable, ItemNotFound
+from device.errors import ImageUnreadable, IngestBusy, IngestDiskFull, IngestRefused, IngestStoreInvalid, ItemNotFound
 
 log = logging.getLogger("glimpse.ingest")
 
@@ -67,21 +67,6 @@ CREATE TABLE {name} (
     attempts  INTEGER NOT NULL DEFAULT 0  -- times the worker started on it (counted before it starts)
 )
 """
-
-class IngestRefused(GlimpseError, ValueError):
-    """An upload is not accepted (too large, not a photo, queue full...)."""
-
-
-class IngestBusy(IngestRefused):
-    """The ingest queue is full; try again later."""
-
-
-class IngestDiskFull(IngestRefused):
-    """The data directory's disk is full: nothing more can be stored until space is freed."""
-
-
-class IngestStoreInvalid(GlimpseError, RuntimeError):
-    """The ingest database was written by a newer Glimpse (a schema this one does not know)."""
 
 
 def is_disk_full(exc: BaseException) -> bool:
@@ -433,55 +418,6 @@ def _safe_name(name: str) -> str:
     base = PurePosixPath(name.replace("\\", "/")).name
     cleaned = "".join(c for c in base if c.isprintable()).strip() or "photo"
     return cleaned[:200]
-
-
-class DeltaLayer:
-    """The added photos that are ready, searched exactly and merged with the bundle.
-
-    Readers get a consistent snapshot without locking: :meth:`refresh` swaps in
-    new arrays rather than changing them.
-    """
-
-    def __init__(self, store: IngestStore, model: str):
-        self.store = store
-        self.model = model
-        self._snapshot: tuple[list[Item], np.ndarray | None, dict] = ([], None, {})
-        self.refresh()
-
-    def refresh(self) -> None:
-        """Reload the ready photos from the store."""
-        items, matrix = self.store.ready(self.model)
-        self._snapshot = (items, matrix, {item.id: row for row, item in enumerate(items)})
-
-    @property
-    def items(self) -> list[Item]:
-        """Ready added photos, oldest first."""
-        return self._snapshot[0]
-
-    def __len__(self) -> int:
-        return len(self._snapshot[0])
-
-    def item(self, ident: str) -> Item:
-        """An added photo by id; raises :class:`ItemNotFound`."""
-        items, _, rows = self._snapshot
-        if ident not in rows:
-            raise ItemNotFound(f"no item with id {ident!r}")
-        return items[rows[ident]]
-
-    def embedding(self, ident: str) -> np.ndarray:
-        """The stored embedding of an added photo."""
-        items, matrix, rows = self._snapshot
-        if ident not in rows:
-            raise ItemNotFound(f"no item with id {ident!r}")
-        return matrix[rows[ident]]
-
-    def scores(self, vector: np.ndarray, admit=None) -> list[tuple[Item, float]]:
-        """(item, cosine) for every ready photo that ``admit`` lets through."""
-        items, matrix, _ = self._snapshot
-        if matrix is None:
-            return []
-        scores = matrix @ np.asarray(vector, dtype=np.float32)
-        return [(item, float(s)) for item, s in zip(items, scores) if admit is None or admit(item)]
 
 
 class Ingestor:

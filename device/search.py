@@ -12,6 +12,7 @@ import datetime as _dt
 import threading
 import unicodedata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +22,9 @@ from device.encoders import EncoderOptions, TextEncoder
 from device.errors import ItemNotFound, QueryInvalid
 from device.index import top_k
 from device.model import Relevance, relevance_of
+
+if TYPE_CHECKING:
+    from device.delta import DeltaLayer
 
 #: Longest query accepted, in characters. The text tower reads 64 tokens; a
 #: longer query is almost surely pasted by mistake (or an attack).
@@ -172,11 +176,12 @@ class Searcher:
     Thread-safe: the web server calls :meth:`search` from several threads.
     """
 
-    def __init__(self, bundle: Bundle, encoder: TextEncoder, options: SearcherOptions, delta=None):
+    def __init__(self, bundle: Bundle, encoder: TextEncoder, options: SearcherOptions,
+                 delta: DeltaLayer | None = None):
         self.bundle = bundle
         self.encoder = encoder
         self.options = options
-        #: Photos added on the device (:class:`device.ingest.DeltaLayer`), searched with the bundle.
+        #: Photos added on the device (:class:`device.delta.DeltaLayer`), searched with the bundle.
         self.delta = delta
         # Exact or partitioned, as the bundle was built: one search interface.
         self.index = bundle.index
@@ -312,7 +317,7 @@ class Searcher:
         except ItemNotFound:
             if self.delta is None:
                 raise
-            return self.delta.store.file(relative)
+            return self.delta.file(relative)
 
     def all_items(self) -> list[Item]:
         """The bundle's photos, then those added on the device (for browsing)."""

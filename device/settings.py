@@ -16,15 +16,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from device import datadir
-from device.errors import GlimpseError
+from device.errors import SettingInvalid
 
 #: Where the daemon looks for its configuration file.
 CONFIG_FILE = Path("/etc/glimpse/glimpse.conf")
 ENV_PREFIX = "GLIMPSE_"
-
-
-class SettingInvalid(GlimpseError, ValueError):
-    """A setting has a value of the wrong type or out of range."""
 
 
 @dataclasses.dataclass(frozen=True)

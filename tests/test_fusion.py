@@ -14,7 +14,8 @@ from PIL import Image
 from device.bundle import Bundle
 from device.encoders import ImageEncoder
 from device.errors import ModelInvalid
-from device.ingest import DeltaLayer, IngestStore, Ingestor
+from device.delta import DeltaLayer
+from device.ingest import IngestStore, Ingestor
 from device.model import SPEC_NAME, read_spec
 from device.recognisers import colours, faces, fusion
 from conftest import run_cli

@@ -20,7 +20,8 @@ from device import settings
 from device.bundle import Bundle
 from device.daemon import Daemon
 from device.encoders import ImageEncoder
-from device.ingest import DeltaLayer, FolderWatcher, IngestRefused, IngestStore, Ingestor
+from device.delta import DeltaLayer
+from device.ingest import FolderWatcher, IngestRefused, IngestStore, Ingestor
 from device.search import Filters, Searcher
 from device.web import create_app
 from provisioning import demo

@@ -37,7 +37,7 @@ from urllib.parse import urlencode
 from flask import Flask, g, request
 from werkzeug.exceptions import HTTPException
 
-from device.errors import GlimpseError, ItemNotFound, QueryInvalid
+from device.errors import GlimpseError, IngestBusy, ItemNotFound, QueryInvalid
 from device.web import admin, api, kiosk, pages
 from device.web.context import (CSRF_COOKIE, WebContext, check_forgery, content_disposition, csrf_token, error_page,
                                 is_local, known, token_needed)
@@ -109,8 +109,6 @@ def create_app(daemon: WebContext) -> Flask:
 
     @app.errorhandler(GlimpseError)
     def _busy_or_refused(exc):
-        from device.ingest import IngestBusy
-
         status = 503 if isinstance(exc, IngestBusy) else 400
         response, status = error_page(status, str(exc))
         if status == 503:

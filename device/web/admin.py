@@ -16,7 +16,8 @@ from urllib.parse import urlencode
 from flask import Flask, Response, abort, g, jsonify, render_template, request, url_for
 
 from device import __version__
-from device.errors import BundleInvalid, BundleNameInvalid, CameraUnavailable, GlimpseError, QueryInvalid
+from device.errors import (BundleInvalid, BundleNameInvalid, CameraUnavailable, GlimpseError, IngestBusy, IngestDiskFull,
+                           IngestRefused, QueryInvalid)
 from device.search import Filters, Result
 from device.web.context import (CSRF_FIELD, WebContext, admin_refusal, error_page, known, require_admin,
                                 with_retry_after)
@@ -43,8 +44,6 @@ def register(app: Flask, ctx: WebContext) -> None:
             (queued, or already known); when every file was refused, 507 if the disk
             is full, 503 if the queue is, else 400.
         """
-        from device.ingest import IngestBusy, IngestDiskFull, IngestRefused
-
         store = _store()
         if not files:
             raise QueryInvalid("no files: send them as multipart form field 'files'")

@@ -34,7 +34,8 @@ if typing.TYPE_CHECKING:
     from PIL.Image import Image
 
     from device.admin import AttemptLimiter, TokenStore
-    from device.ingest import DeltaLayer, IngestStore, Ingestor
+    from device.delta import DeltaLayer
+    from device.ingest import IngestStore, Ingestor
     from device.metrics import Metrics
     from device.bundle import Item
     from device.search import Result, Searcher

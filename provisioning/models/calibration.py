@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from device.errors import CalibrationFailed
 from device.wording import plural
 
 #: Share of "strong" (query, photo) pairs of the tuning half that must be right answers.
@@ -41,10 +42,6 @@ MIN_SUPPORT = 10
 IMAGE_PERCENTILE = 99.0
 #: Decimals kept in model.json: far below the towers' int8 noise, so a rebuild writes the same file.
 DECIMALS = 3
-
-
-class CalibrationFailed(ValueError):
-    """The tuning data cannot give a threshold (no relevant pairs, or the target is never reached)."""
 
 
 @dataclasses.dataclass(frozen=True)
