@@ -78,8 +78,8 @@ def add_multilingual_route(model_dir: Path, projection_path: Path | None = None,
     import torch
 
     from device.model import MultilingualRoute, read_spec, sha256_file, write_spec
-    from provisioning import convert
-    from provisioning.default_model import run_tflite
+    from provisioning.models import convert
+    from provisioning.models.modeldir import run_tflite
 
     from device.language import ROUTERS
 
