@@ -90,7 +90,9 @@ $(TASKLIB_VENV)/.installed:
 
 # Host tests live in tests/test_host_*.py: the host venv has PyTorch but not the device extras
 # (test-device and test-pi leave those files out: some import torch at collection).
-test-host: $(HOST_VENV)/.installed $(TASKLIB_VENV)/.installed system-deps
+# eval-deps: building the default model calibrates strong matches on the evaluation set's
+# tuning half, whose photos ship in Debian packages and the eval extra (test_host_model, tasklib).
+test-host: $(HOST_VENV)/.installed $(TASKLIB_VENV)/.installed system-deps eval-deps
 	$(HOST_VENV)/bin/python -m pytest -m host tests/test_host_*.py $(PYTEST_ARGS)
 
 # Proof that it runs on a Pi, without a Pi: Debian Bookworm and Trixie arm64 root
